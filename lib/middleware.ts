@@ -1,0 +1,353 @@
+/**
+ * pushMiddleware: the Express side. A request handler (mountable like a
+ * router, at any prefix, on Express 4 and 5) serving the push endpoint,
+ * and `attach(ews)`, which routes upgrades to that endpoint through the
+ * Express app and the plugin chain before any handshake.
+ *
+ * How the upgrade works: express-ws's WebSocket server receives every
+ * upgrade of the HTTP server. `attach` wraps that server's `handleUpgrade`.
+ * For each upgrade it decides, from the path alone, by walking the app's
+ * router stack to this handler (no middleware runs), whether the URL is
+ * this endpoint. If not, express-ws gets the upgrade unchanged. If so, the
+ * Express app runs once on the request with a real HTTP response bound to
+ * the socket, so middleware mounted before the endpoint (cookies, sessions,
+ * rate limits) runs and may answer with its own status; the endpoint's
+ * handler then runs the session phase and either writes the refusal as an
+ * HTTP response or completes the WebSocket handshake itself.
+ */
+import { ServerResponse, type IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
+import { WebSocketServer } from 'ws';
+import type { PublishOptions } from './chain.js';
+import { PushError } from './errors.js';
+import { describeError } from './logger.js';
+import { resolveOptions, type PushOptions } from './options.js';
+import type { PushEvent } from './protocol/event.js';
+import type { PubSubClient } from './pubsub/contract.js';
+import { PushServer, type PushStats } from './server.js';
+import type { PushSession } from './session.js';
+import type { Plugin } from './chain.js';
+
+/** The part of express-ws's instance that `attach` uses. */
+export interface ExpressWsInstance {
+  /** The Express application express-ws was applied to. */
+  app: unknown;
+  /** express-ws's WebSocket server (it listens to every upgrade of the HTTP server). */
+  getWss(): { handleUpgrade: (...args: never[]) => void };
+}
+
+type NextFunction = (error?: unknown) => void;
+
+/** The push middleware: an Express request handler carrying the push API. */
+export interface PushMiddleware {
+  /** Serves the endpoint; any other request goes to `next()`. */
+  (req: IncomingMessage, res: ServerResponse, next: NextFunction): void;
+  /**
+   * Routes upgrades to this endpoint through the Express app and the plugin
+   * chain before the handshake. Call it once, before `listen`. Returns this.
+   */
+  attach(ews: ExpressWsInstance): PushMiddleware;
+  /** Publishes events to the topic. Rejects with InvalidEventError or a PubSubError (after retries). */
+  publish(...events: PushEvent[]): Promise<void>;
+  /** Publishes with options visible to publish plugins (the caller's span, a tracking name). */
+  publishWith(options: PublishOptions, ...events: PushEvent[]): Promise<void>;
+  /** The open sessions. */
+  sessions(): PushSession[];
+  /** Counters since start. */
+  stats(): PushStats;
+  /** Resolves once subscribed to the topic; rejects with the backend's error. */
+  readonly ready: Promise<void>;
+  /** Closes every session with 1001 after a bounded flush, unsubscribes; idempotent. */
+  close(): Promise<void>;
+  /** The endpoint path under the mount point. */
+  readonly endpoint: string;
+}
+
+/** Marks a request whose upgrade this middleware owns, with what the handshake needs. */
+const kUpgrade = Symbol('pushwire.upgrade');
+
+interface PendingUpgrade {
+  server: PushServer;
+  socket: Duplex;
+  head: Buffer;
+  wss: WebSocketServer;
+  /** Set once a response or the handshake happened (or the attempt timed out). */
+  settled: boolean;
+  timer: NodeJS.Timeout | undefined;
+}
+
+type UpgradeRequest = IncomingMessage & {
+  [kUpgrade]?: PendingUpgrade;
+  ws?: unknown;
+  wsHandled?: boolean;
+};
+
+interface LayerLike {
+  handle?: unknown;
+  route?: unknown;
+  path?: unknown;
+  match?: (path: string) => unknown;
+}
+
+function pathnameOf(url: string | undefined): string {
+  const raw = url ?? '/';
+  const q = raw.indexOf('?');
+  return q === -1 ? raw : raw.slice(0, q);
+}
+
+/** The router stack of an Express 4 or 5 application, or a router; undefined if it has none. */
+function stackOf(handler: unknown): LayerLike[] | undefined {
+  if (handler === null || (typeof handler !== 'function' && typeof handler !== 'object'))
+    return undefined;
+  const h = handler as { stack?: unknown; _router?: { stack?: unknown }; router?: unknown };
+  if (Array.isArray(h.stack)) return h.stack as LayerLike[];
+  // Express 4 keeps the app's router in `_router` (reading `app.router` there throws).
+  if ('_router' in h)
+    return Array.isArray(h._router?.stack) ? (h._router.stack as LayerLike[]) : undefined;
+  const descriptor = Object.getOwnPropertyDescriptor(h, 'router');
+  if (descriptor?.get || descriptor?.value) {
+    const router = h.router as { stack?: unknown } | undefined;
+    if (Array.isArray(router?.stack)) return router.stack as LayerLike[];
+  }
+  return undefined;
+}
+
+/**
+ * The part of `path` a layer matched: Express 4 and router < 2.3 return a
+ * boolean and set `layer.path`; router 2.3 returns `{ path }`.
+ */
+function matchedPrefix(layer: LayerLike, path: string): string | undefined {
+  if (typeof layer.match !== 'function') return undefined;
+  let result: unknown;
+  try {
+    result = layer.match(path);
+  } catch {
+    return undefined;
+  }
+  if (!result) return undefined;
+  if (typeof result === 'object' && typeof (result as { path?: unknown }).path === 'string') {
+    return (result as { path: string }).path;
+  }
+  return typeof layer.path === 'string' ? layer.path : undefined;
+}
+
+/** True when `pathname` reaches `target` through mounted routers of `stack`. */
+function reaches(
+  stack: LayerLike[],
+  pathname: string,
+  target: PushMiddleware,
+  isEndpoint: (rest: string) => boolean,
+  depth: number,
+): boolean {
+  if (depth > 32) return false;
+  for (const layer of stack) {
+    if (layer.route !== undefined) continue;
+    const prefix = matchedPrefix(layer, pathname);
+    if (prefix === undefined) continue;
+    let rest = pathname.slice(prefix.length);
+    // As the router trims a mount path: only at a segment boundary.
+    if (rest !== '' && rest[0] !== '/' && rest[0] !== '.') continue;
+    if (!rest.startsWith('/')) rest = '/' + rest;
+    if (layer.handle === target) {
+      if (isEndpoint(rest)) return true;
+      continue;
+    }
+    const sub = stackOf(layer.handle);
+    if (sub !== undefined && reaches(sub, rest, target, isEndpoint, depth + 1)) return true;
+  }
+  return false;
+}
+
+function writeRefusal(res: ServerResponse, error: PushError): void {
+  if (res.headersSent) return;
+  const body = JSON.stringify([error.toErrorObject()]);
+  res.statusCode = error.status;
+  res.setHeader('Content-Type', 'application/json; charset=utf-8');
+  res.setHeader('Content-Length', Buffer.byteLength(body));
+  res.setHeader('Connection', 'close');
+  res.end(body);
+}
+
+/**
+ * Creates the push middleware. `handlers` is the plugin array, or an
+ * options object ({@link PushOptions}) whose `plugins` is that array.
+ * Throws TypeError for an invalid argument. Subscribing starts at once;
+ * await `ready`.
+ */
+export function pushMiddleware(
+  pubsub: PubSubClient,
+  topic: string,
+  handlers: Plugin[] | PushOptions = [],
+): PushMiddleware {
+  const options = resolveOptions(handlers);
+  const server = new PushServer(pubsub, topic, options);
+  const { logger } = options;
+  const endpointLower = options.endpoint.toLowerCase();
+  const wss = new WebSocketServer({
+    noServer: true,
+    maxPayload: options.maxPayload,
+    perMessageDeflate: false,
+    clientTracking: false,
+  });
+  wss.on('error', (error) =>
+    logger.warn({ err: describeError(error) }, 'pushwire: ws server error'),
+  );
+
+  // Express matching is case-insensitive and ignores a trailing slash by default; so is this.
+  const isEndpoint = (pathname: string): boolean => {
+    let p = pathname.toLowerCase();
+    if (p.length > 1 && p.endsWith('/')) p = p.replace(/\/+$/, '');
+    return p === endpointLower || (endpointLower === '/' && p === '');
+  };
+
+  const completeHandshake = (
+    req: UpgradeRequest,
+    res: ServerResponse,
+    pending: PendingUpgrade,
+  ): void => {
+    server.openSession(req).then(
+      (session) => {
+        if (pending.settled) return;
+        pending.settled = true;
+        clearTimeout(pending.timer);
+        res.detachSocket(pending.socket as Socket);
+        pending.wss.handleUpgrade(req, pending.socket, pending.head, (ws) => {
+          server.startSession(session, ws, pending.socket as Socket);
+        });
+      },
+      (error: unknown) => {
+        const refusal =
+          error instanceof PushError
+            ? error
+            : new PushError('Internal error', 'PUSH_INTERNAL', 500);
+        if (!(error instanceof PushError)) {
+          logger.error({ err: describeError(error) }, 'pushwire: session phase failed');
+        }
+        server.recordRefusal(refusal.status, req, error);
+        if (pending.settled) return;
+        pending.settled = true;
+        clearTimeout(pending.timer);
+        writeRefusal(res, refusal);
+      },
+    );
+  };
+
+  const handler = function pushEndpoint(
+    req: IncomingMessage,
+    res: ServerResponse,
+    next: NextFunction,
+  ): void {
+    const request = req as UpgradeRequest;
+    const pathname = pathnameOf(req.url);
+    if (req.method !== 'GET' || !isEndpoint(pathname)) {
+      // express-ws did the handshake itself (attach() missing, a sub-app, a URL rewrite):
+      // this endpoint cannot run its checks on an open socket, so it refuses by policy.
+      if (request.ws !== undefined && pathname.endsWith('/.websocket')) {
+        const original = pathname.slice(0, -'/.websocket'.length);
+        if (isEndpoint(original === '' ? '/' : original)) {
+          request.wsHandled = true;
+          logger.error(
+            {},
+            'pushwire: an upgrade reached the push endpoint after express-ws accepted it; call push.attach(ews) before listen (sub-app mounts are not supported)',
+          );
+          (request.ws as { close(code: number, reason: string): void }).close(
+            1008,
+            'push endpoint not attached',
+          );
+          return;
+        }
+      }
+      next();
+      return;
+    }
+    const pending = request[kUpgrade];
+    if (pending === undefined || pending.server !== server) {
+      // A plain HTTP GET: tell the client what this endpoint expects.
+      const error = new PushError(
+        'This endpoint serves WebSocket upgrades',
+        'PUSH_UPGRADE_REQUIRED',
+        426,
+      );
+      res.setHeader('Upgrade', 'websocket');
+      writeRefusal(res, error);
+      return;
+    }
+    delete request[kUpgrade];
+    completeHandshake(request, res, pending);
+  } as PushMiddleware;
+
+  const attached = new WeakSet<object>();
+  handler.attach = (ews: ExpressWsInstance): PushMiddleware => {
+    if (ews === null || typeof ews !== 'object' || typeof ews.getWss !== 'function') {
+      throw new TypeError('attach() takes the instance returned by expressWs(app)');
+    }
+    const app = ews.app as ((req: IncomingMessage, res: ServerResponse) => void) | undefined;
+    if (typeof app !== 'function')
+      throw new TypeError('attach(): the express-ws instance has no app');
+    const upgradeServer = ews.getWss() as unknown as {
+      handleUpgrade: (req: IncomingMessage, socket: Duplex, head: Buffer, cb: unknown) => void;
+    };
+    if (attached.has(upgradeServer)) return handler;
+    attached.add(upgradeServer);
+    const previous = upgradeServer.handleUpgrade;
+    upgradeServer.handleUpgrade = function (this: unknown, req, socket, head, cb) {
+      const stack = stackOf(app);
+      if (stack === undefined || !reaches(stack, pathnameOf(req.url), handler, isEndpoint, 0)) {
+        previous.call(this, req, socket, head, cb);
+        return;
+      }
+      onPushUpgrade(app, req as UpgradeRequest, socket, head);
+    };
+    return handler;
+  };
+
+  const onPushUpgrade = (
+    app: (req: IncomingMessage, res: ServerResponse) => void,
+    req: UpgradeRequest,
+    socket: Duplex,
+    head: Buffer,
+  ): void => {
+    // A client may vanish mid-handshake: its socket errors must not become uncaught exceptions.
+    socket.on('error', (error) =>
+      logger.debug({ err: describeError(error) }, 'pushwire: socket error during the handshake'),
+    );
+    const res = new ServerResponse(req);
+    res.shouldKeepAlive = false;
+    res.assignSocket(socket as Socket);
+    // Once a refusal (ours or a middleware's) is written, the connection is done.
+    res.on('finish', () => socket.end());
+    const pending: PendingUpgrade = { server, socket, head, wss, settled: false, timer: undefined };
+    if (options.sessionTimeout > 0) {
+      pending.timer = setTimeout(() => {
+        if (pending.settled) return;
+        pending.settled = true;
+        server.recordRefusal(503, req, new Error('timeout'));
+        writeRefusal(res, new PushError('Session initialization timed out', 'PUSH_TIMEOUT', 503));
+        if (!res.headersSent) socket.destroy();
+      }, options.sessionTimeout);
+      pending.timer.unref();
+    }
+    socket.once('close', () => {
+      pending.settled = true;
+      clearTimeout(pending.timer);
+    });
+    req[kUpgrade] = pending;
+    try {
+      app(req, res);
+    } catch (error) {
+      logger.error({ err: describeError(error) }, 'pushwire: the Express app threw on an upgrade');
+      socket.destroy();
+    }
+  };
+
+  handler.publish = (...events: PushEvent[]) => server.publish({}, events);
+  handler.publishWith = (opts: PublishOptions, ...events: PushEvent[]) =>
+    server.publish(opts ?? {}, events);
+  handler.sessions = () => server.sessions();
+  handler.stats = () => server.stats();
+  handler.close = () => server.close().then(() => wss.close());
+  Object.defineProperty(handler, 'ready', { value: server.ready, enumerable: true });
+  Object.defineProperty(handler, 'endpoint', { value: options.endpoint, enumerable: true });
+  return handler;
+}

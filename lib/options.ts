@@ -1,0 +1,110 @@
+/** The options of pushMiddleware and their defaults. */
+import type { Plugin } from './chain.js';
+import { silentLogger, type Logger } from './logger.js';
+
+/** What to do with a session whose client reads slower than events arrive. */
+export type SlowConsumerPolicy = 'drop' | 'close';
+
+/** Options of {@link pushMiddleware}. Every field is optional. */
+export interface PushOptions {
+  /** The plugin chain, first registered outermost. Default: none. */
+  plugins?: Plugin[];
+  /** The path of the endpoint under the mount point. Default `/events`. */
+  endpoint?: string;
+  /** Publish to `<topic>.<identity>.<type>` and subscribe to `<topic>.>`. Default false. */
+  subjectHierarchies?: boolean;
+  /**
+   * Origins allowed to open a session (exact `scheme://host[:port]`, or a
+   * predicate). A request without `Origin` (not a browser) is allowed.
+   * Default: every origin — set it when sessions are authenticated by cookies.
+   */
+  allowedOrigins?: readonly string[] | ((origin: string) => boolean);
+  /** Largest client message in bytes; larger closes with 1009. Default 64 KiB. */
+  maxPayload?: number;
+  /** Milliseconds between keepalive pings; 0 disables. Default 30,000. */
+  pingInterval?: number;
+  /** Bytes a session may have waiting to be written before the slow-consumer policy applies. Default 1 MiB. */
+  maxBufferedBytes?: number;
+  /** `drop` (default, counted, as bahamut does) or `close` (1008). */
+  slowConsumerPolicy?: SlowConsumerPolicy;
+  /** Logger with pino's shape. Default: silent. */
+  logger?: Logger;
+  /** Retries of a failing publish, after the first attempt. Default 3, as bahamut. */
+  publishRetries?: number;
+  /** Delay before the first retry, doubled each time, in ms. Default 50. */
+  publishRetryDelay?: number;
+  /** Bound on the Express chain and the session phase of one connection attempt, in ms; past it the attempt gets 503. Default 10,000. */
+  sessionTimeout?: number;
+  /** Bound on flushing and closing sessions in close(), in ms. Default 5,000. */
+  closeTimeout?: number;
+  /** Bound on the dispatch plugins of one event, in ms; past it the event is dropped (logged). Default 10,000. */
+  dispatchTimeout?: number;
+}
+
+/** The options with every default applied. */
+export interface ResolvedOptions {
+  plugins: Plugin[];
+  endpoint: string;
+  subjectHierarchies: boolean;
+  allowedOrigins: ((origin: string) => boolean) | undefined;
+  maxPayload: number;
+  pingInterval: number;
+  maxBufferedBytes: number;
+  slowConsumerPolicy: SlowConsumerPolicy;
+  logger: Logger;
+  publishRetries: number;
+  publishRetryDelay: number;
+  sessionTimeout: number;
+  closeTimeout: number;
+  dispatchTimeout: number;
+}
+
+function nonNegative(name: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
+    throw new TypeError(`pushMiddleware: option ${name} must be a number >= 0`);
+  }
+  return value;
+}
+
+/** Validates options and applies defaults. Throws TypeError for an invalid option. */
+export function resolveOptions(handlers: Plugin[] | PushOptions | undefined): ResolvedOptions {
+  const options: PushOptions = Array.isArray(handlers) ? { plugins: handlers } : (handlers ?? {});
+  const plugins = options.plugins ?? [];
+  if (!Array.isArray(plugins)) throw new TypeError('pushMiddleware: plugins must be an array');
+  plugins.forEach((plugin, i) => {
+    if (plugin === null || typeof plugin !== 'object') {
+      throw new TypeError(`pushMiddleware: plugin ${i} is not an object`);
+    }
+  });
+  const endpoint = options.endpoint ?? '/events';
+  if (typeof endpoint !== 'string' || !endpoint.startsWith('/')) {
+    throw new TypeError('pushMiddleware: endpoint must be a path starting with /');
+  }
+  let allowedOrigins: ((origin: string) => boolean) | undefined;
+  if (typeof options.allowedOrigins === 'function') allowedOrigins = options.allowedOrigins;
+  else if (options.allowedOrigins !== undefined) {
+    const allowed = new Set(options.allowedOrigins.map((o) => o.toLowerCase().replace(/\/+$/, '')));
+    allowedOrigins = (origin) => allowed.has(origin.toLowerCase());
+  }
+  const policy = options.slowConsumerPolicy ?? 'drop';
+  if (policy !== 'drop' && policy !== 'close') {
+    throw new TypeError("pushMiddleware: slowConsumerPolicy must be 'drop' or 'close'");
+  }
+  return {
+    plugins,
+    endpoint: endpoint.length > 1 ? endpoint.replace(/\/+$/, '') : endpoint,
+    subjectHierarchies: options.subjectHierarchies === true,
+    allowedOrigins,
+    maxPayload: nonNegative('maxPayload', options.maxPayload, 64 * 1024),
+    pingInterval: nonNegative('pingInterval', options.pingInterval, 30_000),
+    maxBufferedBytes: nonNegative('maxBufferedBytes', options.maxBufferedBytes, 1024 * 1024),
+    slowConsumerPolicy: policy,
+    logger: options.logger ?? silentLogger,
+    publishRetries: nonNegative('publishRetries', options.publishRetries, 3),
+    publishRetryDelay: nonNegative('publishRetryDelay', options.publishRetryDelay, 50),
+    sessionTimeout: nonNegative('sessionTimeout', options.sessionTimeout, 10_000),
+    closeTimeout: nonNegative('closeTimeout', options.closeTimeout, 5_000),
+    dispatchTimeout: nonNegative('dispatchTimeout', options.dispatchTimeout, 10_000),
+  };
+}

@@ -1,0 +1,131 @@
+/**
+ * Helpers that build plugins from plain functions, with bahamut's meanings,
+ * so that a custom plugin is a few lines.
+ */
+import type { DispatchContext, Plugin, PublishContext } from './chain.js';
+import { ForbiddenError, PushError, UnauthorizedError } from './errors.js';
+import type { PushEvent, WireEvent } from './protocol/event.js';
+import type { PushSession } from './session.js';
+
+/** bahamut's AuthAction: `ok` accepts, `ko` refuses with 401, `continue` asks the next plugin. */
+export type AuthAction = 'ok' | 'ko' | 'continue';
+
+/** Wraps a thrown value as a PushError of the phase's default status. */
+function asRefusal(error: unknown, make: (message: string) => PushError): PushError {
+  if (error instanceof PushError) return error;
+  const message = error instanceof Error && error.message !== '' ? error.message : String(error);
+  return make(message);
+}
+
+/**
+ * An authentication plugin: `authenticate(session)` answers `ok`, `ko` or
+ * `continue`. `ok` skips the later auth plugins (init plugins still run);
+ * `ko` refuses with 401; if every one says `continue`, the session is
+ * authenticated. A throw refuses with 401 and the thrown message (a thrown
+ * PushError keeps its own status). It may call `session.setClaims()`.
+ */
+export function authPlugin(
+  authenticate: (session: PushSession) => AuthAction | Promise<AuthAction>,
+  name = 'auth',
+): Plugin {
+  if (typeof authenticate !== 'function') throw new TypeError('authPlugin needs a function');
+  return {
+    name,
+    async session(ctx, next) {
+      if (ctx.authenticated) return next();
+      let action: AuthAction;
+      try {
+        action = await authenticate(ctx.session);
+      } catch (error) {
+        throw asRefusal(error, (m) => new UnauthorizedError(m));
+      }
+      if (action === 'ko') throw new UnauthorizedError();
+      if (action === 'ok') ctx.authenticated = true;
+      else if (action !== 'continue') {
+        throw new UnauthorizedError(`auth plugin ${name} answered ${String(action)}`);
+      }
+      return next();
+    },
+  };
+}
+
+/**
+ * An authorization (init) plugin: `init(session)` returns true to accept,
+ * false to refuse with 403. A throw refuses with 403 and its message.
+ */
+export function initPlugin(
+  init: (session: PushSession) => boolean | Promise<boolean>,
+  name = 'init',
+): Plugin {
+  if (typeof init !== 'function') throw new TypeError('initPlugin needs a function');
+  return {
+    name,
+    async session(ctx, next) {
+      let ok: boolean;
+      try {
+        ok = await init(ctx.session);
+      } catch (error) {
+        throw asRefusal(error, (m) => new ForbiddenError(m));
+      }
+      if (ok !== true) throw new ForbiddenError();
+      return next();
+    },
+  };
+}
+
+/** The functions of a dispatch plugin, bahamut's PushDispatchHandler. */
+export interface DispatchHandlers<S = unknown> {
+  /** Computes once per event what `shouldDispatch` needs. A throw drops the event (logged). */
+  summarizeEvent?(event: WireEvent): S | Promise<S>;
+  /** Other identities whose push-config entries also accept this event. */
+  relatedIdentities?(event: WireEvent): readonly string[];
+  /**
+   * Per (event, session): true to send. Keep it synchronous: it runs for
+   * every session. A throw counts as false for that session (logged).
+   */
+  shouldDispatch?(session: PushSession, event: WireEvent, summary: S): boolean | Promise<boolean>;
+}
+
+/** A dispatch plugin from bahamut-style functions. */
+export function dispatchPlugin<S = unknown>(
+  handlers: DispatchHandlers<S>,
+  name = 'dispatch',
+): Plugin {
+  const { summarizeEvent, relatedIdentities, shouldDispatch } = handlers;
+  return {
+    name,
+    async dispatch(ctx: DispatchContext, next) {
+      const summary = (summarizeEvent ? await summarizeEvent(ctx.event) : undefined) as S;
+      if (relatedIdentities) {
+        for (const identity of relatedIdentities(ctx.event)) ctx.relatedIdentities.push(identity);
+      }
+      if (shouldDispatch) {
+        const event = ctx.event;
+        ctx.predicates.push((session) => shouldDispatch(session, event, summary));
+      }
+      return next();
+    },
+  };
+}
+
+/**
+ * A publish plugin: `shouldPublish(event)` returns false to drop the event
+ * quietly. A throw makes `publish()` reject with it.
+ */
+export function publishPlugin(
+  shouldPublish: (event: Readonly<PushEvent>, ctx: PublishContext) => boolean | Promise<boolean>,
+  name = 'publish',
+): Plugin {
+  if (typeof shouldPublish !== 'function') throw new TypeError('publishPlugin needs a function');
+  return {
+    name,
+    async publish(ctx, next) {
+      if ((await shouldPublish(ctx.event, ctx)) === true) return next();
+    },
+  };
+}
+
+/** Identity helper for full control: returns the plugin, typed. */
+export function definePlugin<P extends Plugin>(plugin: P): P {
+  return plugin;
+}

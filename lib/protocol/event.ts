@@ -1,0 +1,291 @@
+/**
+ * Events on the wire (PROTOCOL.md section 3): the JSON text form, the
+ * MessagePack form whose entity is a bin of MessagePack bytes, and the
+ * decoded form a server dispatches. No I/O here.
+ */
+import { decode, encode } from '@msgpack/msgpack';
+import { JSON_MEDIA_TYPE, MSGPACK_MEDIA_TYPE, type Encoding } from './encoding.js';
+
+/** An event as an application publishes it. `timestamp` defaults to now. */
+export interface PushEvent<E = unknown> {
+  /** The kind of object (`task`, `user`). */
+  identity: string;
+  /** `create`, `update`, `delete`, `error`, or any string the application uses. */
+  type: string;
+  /** The object itself; any value MessagePack and JSON can both carry. */
+  entity: E;
+  /** When it happened; a Date, an RFC 3339 string or milliseconds since the epoch. */
+  timestamp?: Date | string | number;
+}
+
+/** A malformed event: one that cannot be published or that arrived undecodable. */
+export class EventFormatError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'EventFormatError';
+  }
+}
+
+/**
+ * Checks an application's event and returns its timestamp as a Date.
+ * Throws {@link EventFormatError} when identity or type is not a non-empty
+ * string, the entity is undefined, or the timestamp is not a valid date.
+ */
+export function normalizeTimestamp(event: PushEvent): Date {
+  if (event === null || typeof event !== 'object') {
+    throw new EventFormatError('an event must be an object { identity, type, entity }');
+  }
+  if (typeof event.identity !== 'string') {
+    throw new EventFormatError('event.identity must be a string');
+  }
+  if (typeof event.type !== 'string' || event.type === '') {
+    throw new EventFormatError('event.type must be a non-empty string');
+  }
+  if (event.entity === undefined) throw new EventFormatError('event.entity is missing');
+  const ts = event.timestamp;
+  const date = ts === undefined ? new Date() : ts instanceof Date ? ts : new Date(ts);
+  if (Number.isNaN(date.getTime()))
+    throw new EventFormatError('event.timestamp is not a valid date');
+  return date;
+}
+
+/**
+ * The MessagePack bytes of an event (section 3): a map of `entity` (bin of
+ * `entityBytes`), `identity`, `type`, `timestamp` (extension -1) and
+ * `encoding`. This is both the binary frame sent to MessagePack sessions and
+ * the `data` of a publication.
+ */
+export function encodeMsgpackEvent(
+  identity: string,
+  type: string,
+  entityBytes: Uint8Array,
+  timestamp: Date,
+): Uint8Array {
+  return encode({
+    entity: entityBytes,
+    identity,
+    type,
+    timestamp,
+    encoding: MSGPACK_MEDIA_TYPE,
+  });
+}
+
+/**
+ * The JSON text of an event (section 3), given its entity already
+ * serialized, so that a server serializes an entity once per event.
+ */
+export function encodeJsonEvent(
+  identity: string,
+  type: string,
+  entityJson: string,
+  timestamp: Date,
+): string {
+  return (
+    '{"entity":' +
+    entityJson +
+    ',"identity":' +
+    JSON.stringify(identity) +
+    ',"type":' +
+    JSON.stringify(type) +
+    ',"timestamp":"' +
+    timestamp.toISOString() +
+    '","encoding":"' +
+    JSON_MEDIA_TYPE +
+    '"}'
+  );
+}
+
+/** The MessagePack bytes of an entity. Throws when the value cannot be encoded. */
+export function encodeEntity(entity: unknown): Uint8Array {
+  return encode(entity);
+}
+
+/** An event received from the topic, decoded lazily: the entity is decoded at most once. */
+export class WireEvent {
+  /** The kind of object. */
+  readonly identity: string;
+  /** The event type. */
+  readonly type: string;
+  /** When it happened. */
+  readonly timestamp: Date;
+  /** How `entityBytes` is encoded. */
+  readonly entityEncoding: Encoding;
+  readonly #entityBytes: Uint8Array | undefined;
+  /** The MessagePack bytes of the whole event, when they can be forwarded as they are. */
+  readonly #msgpackBytes: Uint8Array | undefined;
+  #entity: unknown;
+  #entityDecoded = false;
+  #entityJson: string | undefined;
+
+  constructor(init: {
+    identity: string;
+    type: string;
+    timestamp: Date;
+    entityEncoding: Encoding;
+    entityBytes?: Uint8Array;
+    entity?: unknown;
+    msgpackBytes?: Uint8Array;
+  }) {
+    this.identity = init.identity;
+    this.type = init.type;
+    this.timestamp = init.timestamp;
+    this.entityEncoding = init.entityEncoding;
+    this.#entityBytes = init.entityBytes;
+    this.#msgpackBytes = init.msgpackBytes;
+    if (init.entityBytes === undefined) {
+      this.#entity = init.entity;
+      this.#entityDecoded = true;
+    }
+  }
+
+  /**
+   * The entity as a JavaScript value, decoded on first access and cached.
+   * Throws {@link EventFormatError} when the entity bytes do not decode.
+   */
+  get entity(): unknown {
+    if (!this.#entityDecoded) {
+      const bytes = this.#entityBytes as Uint8Array;
+      try {
+        this.#entity =
+          this.entityEncoding === MSGPACK_MEDIA_TYPE
+            ? decode(bytes)
+            : JSON.parse(new TextDecoder().decode(bytes));
+      } catch (error) {
+        throw new EventFormatError(`the entity does not decode: ${(error as Error).message}`);
+      }
+      this.#entityDecoded = true;
+    }
+    return this.#entity;
+  }
+
+  /** True once the entity has been decoded (for tests of the decode-once rule). */
+  get entityDecoded(): boolean {
+    return this.#entityDecoded;
+  }
+
+  /** The JSON text of the event, built once. */
+  toJson(): string {
+    if (this.#entityJson === undefined) {
+      if (this.entityEncoding === JSON_MEDIA_TYPE && this.#entityBytes !== undefined) {
+        this.#entityJson = new TextDecoder().decode(this.#entityBytes);
+      } else {
+        this.#entityJson = JSON.stringify(this.entity) ?? 'null';
+      }
+    }
+    return encodeJsonEvent(this.identity, this.type, this.#entityJson, this.timestamp);
+  }
+
+  /** The MessagePack bytes of the event: the publisher's bytes when possible, else re-encoded. */
+  toMsgpack(): Uint8Array {
+    if (this.#msgpackBytes !== undefined) return this.#msgpackBytes;
+    const entityBytes =
+      this.entityEncoding === MSGPACK_MEDIA_TYPE && this.#entityBytes !== undefined
+        ? this.#entityBytes
+        : encode(this.entity);
+    return encodeMsgpackEvent(this.identity, this.type, entityBytes, this.timestamp);
+  }
+}
+
+function asRecord(value: unknown, what: string): Record<string, unknown> {
+  if (
+    value === null ||
+    typeof value !== 'object' ||
+    Array.isArray(value) ||
+    value instanceof Uint8Array
+  ) {
+    throw new EventFormatError(`${what} is not a map`);
+  }
+  return value as Record<string, unknown>;
+}
+
+function readTimestamp(value: unknown): Date {
+  if (value instanceof Date && !Number.isNaN(value.getTime())) return value;
+  if (typeof value === 'string' || typeof value === 'number') {
+    const date = new Date(value);
+    if (!Number.isNaN(date.getTime())) return date;
+  }
+  throw new EventFormatError('event.timestamp is not a timestamp');
+}
+
+function readEntityEncoding(value: unknown): Encoding {
+  // A missing encoding is read as MessagePack: the protocol's default inside a publication.
+  if (value === undefined || value === null || value === '' || value === MSGPACK_MEDIA_TYPE) {
+    return MSGPACK_MEDIA_TYPE;
+  }
+  if (value === JSON_MEDIA_TYPE) return JSON_MEDIA_TYPE;
+  throw new EventFormatError(`event.encoding ${JSON.stringify(value)} is not supported`);
+}
+
+/**
+ * Decodes the MessagePack bytes of an event (section 3) without decoding
+ * its entity. Throws {@link EventFormatError} when they are not an event.
+ */
+export function decodeMsgpackEvent(bytes: Uint8Array): WireEvent {
+  let raw: unknown;
+  try {
+    raw = decode(bytes);
+  } catch (error) {
+    throw new EventFormatError(`the event does not decode: ${(error as Error).message}`);
+  }
+  const map = asRecord(raw, 'the event');
+  if (typeof map.identity !== 'string')
+    throw new EventFormatError('event.identity is not a string');
+  if (typeof map.type !== 'string') throw new EventFormatError('event.type is not a string');
+  const entityEncoding = readEntityEncoding(map.encoding);
+  const timestamp = readTimestamp(map.timestamp);
+  const entity = map.entity;
+  if (entity instanceof Uint8Array) {
+    return new WireEvent({
+      identity: map.identity,
+      type: map.type,
+      timestamp,
+      entityEncoding,
+      entityBytes: entity,
+      // Forwarding the publisher's bytes is only right when they already say MessagePack.
+      ...(entityEncoding === MSGPACK_MEDIA_TYPE ? { msgpackBytes: bytes } : {}),
+    });
+  }
+  // Some publishers nest the entity as a map instead of a bin: accept it, re-encode on send.
+  return new WireEvent({
+    identity: map.identity,
+    type: map.type,
+    timestamp,
+    entityEncoding: MSGPACK_MEDIA_TYPE,
+    entity: entity ?? null,
+  });
+}
+
+/**
+ * Decodes the JSON bytes of an event (a publication whose encoding is JSON).
+ * Throws {@link EventFormatError}.
+ */
+export function decodeJsonEvent(bytes: Uint8Array): WireEvent {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(new TextDecoder().decode(bytes));
+  } catch (error) {
+    throw new EventFormatError(`the event does not decode: ${(error as Error).message}`);
+  }
+  const map = asRecord(raw, 'the event');
+  if (typeof map.identity !== 'string')
+    throw new EventFormatError('event.identity is not a string');
+  if (typeof map.type !== 'string') throw new EventFormatError('event.type is not a string');
+  return new WireEvent({
+    identity: map.identity,
+    type: map.type,
+    timestamp: readTimestamp(map.timestamp),
+    entityEncoding: JSON_MEDIA_TYPE,
+    entity: map.entity ?? null,
+  });
+}
+
+/** Builds the event a server dispatches from an application's event, without a topic. */
+export function wireEventFrom(event: PushEvent, timestamp: Date): WireEvent {
+  return new WireEvent({
+    identity: event.identity,
+    type: event.type,
+    timestamp,
+    entityEncoding: MSGPACK_MEDIA_TYPE,
+    entity: event.entity,
+  });
+}

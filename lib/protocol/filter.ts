@@ -1,0 +1,1157 @@
+/**
+ * The filter language of PROTOCOL.md section 7: a parser, a printer and a
+ * compiler to a synchronous matcher. Pure: no I/O, and no import from the
+ * rest of the project, so the protocol layer stays below the core.
+ *
+ * Three stages, each usable alone:
+ * - {@link parseFilter} turns source text into a {@link FilterNode} tree, or
+ *   throws a {@link FilterSyntaxError} that names the column and what was
+ *   expected there;
+ * - {@link printFilter} turns a tree back into canonical text;
+ * - {@link compileFilter} parses once, compiles every regular expression
+ *   once, and returns a {@link CompiledFilter} whose `match` never throws.
+ */
+
+// ---------------------------------------------------------------------------
+// Errors and limits
+
+/**
+ * A filter that does not parse, or that is refused (too long, too deep, too
+ * many comparisons, a list too long, a number out of range, an unsafe or
+ * invalid regular expression, a `date()`/`now()` value). It makes the whole
+ * push config invalid (PROTOCOL.md section 4); the core turns it into a
+ * `400 Bad Request` error event or a close with 1003.
+ */
+export class FilterSyntaxError extends Error {
+  /** A stable, machine-readable name of the failure, as the PushError family has. */
+  readonly code = 'PUSH_FILTER_SYNTAX';
+  /** 1-based column in the source (UTF-16 code units from the start, newlines included). */
+  readonly column: number;
+  /** What the parser expected at `column`, in words (`a value`, `',' or ']'`). */
+  readonly expected: string;
+
+  /** Builds the error; `message` is complete and already names the column. */
+  constructor(message: string, column: number, expected: string) {
+    super(message);
+    this.name = 'FilterSyntaxError';
+    this.column = column;
+    this.expected = expected;
+  }
+}
+
+/**
+ * Bounds on what a client may send, so that parsing, compiling and matching
+ * one filter stay cheap whatever the input. Every field is a positive
+ * integer (or `Infinity` to lift the bound).
+ */
+export interface FilterLimits {
+  /** Longest source text, in UTF-16 code units. Default 4096. */
+  maxLength: number;
+  /** Deepest nesting of parentheses. Default 32 (it also bounds recursion). */
+  maxDepth: number;
+  /** Most comparisons in one filter. Default 256. */
+  maxComparisons: number;
+  /** Most values in one `[...]` list. Default 256. */
+  maxListLength: number;
+  /** Longest `matches` pattern, in UTF-16 code units. Default 256. */
+  maxPatternLength: number;
+}
+
+/** The limits used for every field a caller leaves out. */
+export const DEFAULT_FILTER_LIMITS: Readonly<FilterLimits> = Object.freeze({
+  maxLength: 4096,
+  maxDepth: 32,
+  maxComparisons: 256,
+  maxListLength: 256,
+  maxPatternLength: 256,
+});
+
+function resolveLimits(limits: Partial<FilterLimits> | undefined): FilterLimits {
+  const resolved: FilterLimits = { ...DEFAULT_FILTER_LIMITS };
+  if (limits === undefined) return resolved;
+  for (const name of Object.keys(DEFAULT_FILTER_LIMITS) as (keyof FilterLimits)[]) {
+    const value = limits[name];
+    if (value === undefined) continue;
+    // A bad limit is the server's bug, not the client's: a RangeError, not a FilterSyntaxError.
+    if (!(value === Infinity || (Number.isInteger(value) && value >= 1))) {
+      throw new RangeError(`filter limit ${name} must be a positive integer, got ${String(value)}`);
+    }
+    resolved[name] = value;
+  }
+  return resolved;
+}
+
+// ---------------------------------------------------------------------------
+// The tree
+
+/** A literal value: a string (quoted or a bare word), a finite number, or a boolean. */
+export type FilterScalar = string | number | boolean;
+
+/** Operators that compare with one value. */
+export type FilterScalarOperator = '==' | '!=' | '<' | '<=' | '>' | '>=';
+
+/** Operators that take a list (a single value is read as a one-element list). */
+export type FilterListOperator = 'in' | 'not in' | 'contains' | 'not contains' | 'matches';
+
+/** Operators that take no value. */
+export type FilterPresenceOperator = 'exists' | 'not exists';
+
+/** Every operator, in the canonical (lower-case, single-space) spelling. */
+export type FilterOperator = FilterScalarOperator | FilterListOperator | FilterPresenceOperator;
+
+/**
+ * The attribute a comparison reads: the segments of a dotted path
+ * (`a.b` is `['a', 'b']`), or a one-element path for a quoted key, taken
+ * whole (`"a.b"` is `['a.b']`).
+ */
+export type FilterPath = readonly string[];
+
+/** `key == value` and the other single-value comparisons. */
+export interface FilterScalarComparison {
+  readonly type: 'comparison';
+  readonly path: FilterPath;
+  readonly operator: FilterScalarOperator;
+  readonly value: FilterScalar;
+}
+
+/** `key in [...]`, `contains`, and their negations; the value is always a list here. */
+export interface FilterListComparison {
+  readonly type: 'comparison';
+  readonly path: FilterPath;
+  readonly operator: Exclude<FilterListOperator, 'matches'>;
+  readonly value: readonly FilterScalar[];
+}
+
+/** `key matches [...]`: one or more JavaScript regular expressions (`u` flag). */
+export interface FilterMatchComparison {
+  readonly type: 'comparison';
+  readonly path: FilterPath;
+  readonly operator: 'matches';
+  readonly value: readonly string[];
+}
+
+/** `key exists` / `key not exists`: no value (the property is absent, not undefined). */
+export interface FilterPresenceComparison {
+  readonly type: 'comparison';
+  readonly path: FilterPath;
+  readonly operator: FilterPresenceOperator;
+}
+
+/** One `key operator value` test. */
+export type FilterComparison =
+  FilterScalarComparison | FilterListComparison | FilterMatchComparison | FilterPresenceComparison;
+
+/**
+ * Operands joined by one connective. `a and b and c` is one group of three;
+ * `a or b and c` (left to right, no precedence) is `and(or(a, b), c)`; a
+ * parenthesized group stays a separate operand (`(a and b) and c` is
+ * `and(and(a, b), c)`), so that the tree mirrors the source.
+ */
+export interface FilterGroup {
+  readonly type: 'and' | 'or';
+  readonly operands: readonly [FilterNode, FilterNode, ...FilterNode[]];
+}
+
+/** A parsed filter: a comparison or an and/or group. */
+export type FilterNode = FilterComparison | FilterGroup;
+
+// ---------------------------------------------------------------------------
+// The lexer
+
+type TokenKind =
+  | 'word' // a bare word: a key, a keyword or a string value
+  | 'number' // a numeric literal; its raw text may also serve as a key
+  | 'string' // a quoted string, escapes resolved
+  | 'symbol' // ( ) [ ] , == != < <= > >=
+  | 'unknown' // any other character: reported by the parser, which knows what it wanted
+  | 'end';
+
+interface Token {
+  readonly kind: TokenKind;
+  /** The source text of the token (quotes and backslashes included for strings). */
+  readonly raw: string;
+  /** The string value of a quoted string; the raw text otherwise. */
+  readonly text: string;
+  /** 0-based offset in the source. */
+  readonly start: number;
+}
+
+// Letters and digits of any script (a key like `prénom` is an attribute
+// name too), plus `_ - @ $ #`, plus `.` which separates path segments.
+const WORD = /[\p{L}\p{M}\p{N}_@$#.-]+/uy;
+const WORD_CHAR = /[\p{L}\p{M}\p{N}_@$#.-]/u;
+const NAME = /^[\p{L}\p{M}\p{N}_@$#-]+$/u;
+// A number must not run into word characters: `2024-01-01` and `3px` are
+// bare words (strings), not a number followed by garbage.
+const NUMBER = /-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?/y;
+const SPACE = /\s+/y;
+const SYMBOLS = ['==', '!=', '<=', '>=', '<', '>', '(', ')', '[', ']', ','] as const;
+
+class Lexer {
+  private pos = 0;
+  private peeked: Token | undefined;
+
+  constructor(private readonly source: string) {}
+
+  peek(): Token {
+    this.peeked ??= this.scan();
+    return this.peeked;
+  }
+
+  next(): Token {
+    const token = this.peek();
+    this.peeked = undefined;
+    return token;
+  }
+
+  /** True when the next non-space character is `ch` (used for `date(`). */
+  nextCharIs(ch: string): boolean {
+    // Called with the word already peeked, so `pos` is just after it.
+    SPACE.lastIndex = this.pos;
+    const at = SPACE.test(this.source) ? SPACE.lastIndex : this.pos;
+    return this.source[at] === ch;
+  }
+
+  private scan(): Token {
+    const src = this.source;
+    SPACE.lastIndex = this.pos;
+    if (SPACE.test(src)) this.pos = SPACE.lastIndex;
+    const start = this.pos;
+    if (start >= src.length) return { kind: 'end', raw: '', text: '', start };
+    const ch = src[start] as string;
+
+    if (ch === '"' || ch === "'") return this.scanString(ch, start);
+
+    NUMBER.lastIndex = start;
+    if (NUMBER.test(src)) {
+      const end = NUMBER.lastIndex;
+      const after = src.codePointAt(end);
+      if (after === undefined || !WORD_CHAR.test(String.fromCodePoint(after))) {
+        this.pos = end;
+        const raw = src.slice(start, end);
+        return { kind: 'number', raw, text: raw, start };
+      }
+    }
+
+    WORD.lastIndex = start;
+    if (WORD.test(src)) {
+      this.pos = WORD.lastIndex;
+      const raw = src.slice(start, this.pos);
+      return { kind: 'word', raw, text: raw, start };
+    }
+
+    for (const symbol of SYMBOLS) {
+      if (src.startsWith(symbol, start)) {
+        this.pos = start + symbol.length;
+        return { kind: 'symbol', raw: symbol, text: symbol, start };
+      }
+    }
+
+    // One code point, so that an emoji is reported whole.
+    const unknown = String.fromCodePoint(src.codePointAt(start) as number);
+    this.pos = start + unknown.length;
+    return { kind: 'unknown', raw: unknown, text: unknown, start };
+  }
+
+  private scanString(quote: string, start: number): Token {
+    const src = this.source;
+    let value = '';
+    let i = start + 1;
+    while (i < src.length) {
+      const ch = src[i] as string;
+      if (ch === quote) {
+        this.pos = i + 1;
+        return { kind: 'string', raw: src.slice(start, i + 1), text: value, start };
+      }
+      if (ch === '\\' && i + 1 < src.length) {
+        const escaped = src[i + 1] as string;
+        if (escaped === '"' || escaped === "'" || escaped === '\\') {
+          value += escaped;
+          i += 2;
+          continue;
+        }
+        // Any other backslash is kept as written, so that regular expressions
+        // read naturally: "\d+" is the pattern \d+ (so is "\\d+").
+      }
+      value += ch;
+      i += 1;
+    }
+    const column = src.length + 1;
+    throw new FilterSyntaxError(
+      `expected '${quote}' at column ${column} to close the string that starts at column ${start + 1}`,
+      column,
+      quote,
+    );
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The parser
+
+const EXPECT_KEY = "an attribute name or '('";
+const EXPECT_OPERATOR = 'an operator';
+const EXPECT_VALUE = 'a value';
+const EXPECT_VALUES = 'a value or a list';
+const EXPECT_AFTER_NOT = "'in', 'contains' or 'exists'";
+const EXPECT_LIST_NEXT = "',' or ']'";
+const EXPECT_CONNECTIVE_TOP = "'and', 'or' or the end";
+const EXPECT_CONNECTIVE_GROUP = "'and', 'or' or ')'";
+
+const SCALAR_OPERATORS: ReadonlySet<string> = new Set(['==', '!=', '<', '<=', '>', '>=']);
+// Words the printer quotes when they are a whole key, for readability; the
+// parser itself reads any word in key position as a key.
+const KEYWORDS: ReadonlySet<string> = new Set([
+  'and',
+  'or',
+  'not',
+  'in',
+  'contains',
+  'matches',
+  'exists',
+  'true',
+  'false',
+]);
+
+/** How a token is shown in a message: as written, shortened. */
+function shortRaw(token: Token, max = 40): string {
+  return token.raw.length > max ? `${token.raw.slice(0, max - 1)}…` : token.raw;
+}
+
+/** How a token is shown in a message: short, and quoted. */
+function describeToken(token: Token): string {
+  return `'${shortRaw(token, 24)}'`;
+}
+
+class Parser {
+  private readonly lexer: Lexer;
+  private depth = 0;
+  private comparisons = 0;
+  /** The last token consumed, for "after '...'" in messages. */
+  private previous: Token | undefined;
+
+  constructor(
+    source: string,
+    private readonly limits: FilterLimits,
+    private readonly regexes: Map<string, RegExp>,
+  ) {
+    this.lexer = new Lexer(source);
+  }
+
+  parse(): FilterNode {
+    const node = this.parseExpression();
+    const token = this.lexer.peek();
+    if (token.kind !== 'end') this.fail(token, EXPECT_CONNECTIVE_TOP);
+    return node;
+  }
+
+  private take(): Token {
+    const token = this.lexer.next();
+    this.previous = token;
+    return token;
+  }
+
+  private fail(at: Token, expected: string, detail = ''): never {
+    const column = at.start + 1;
+    const after = this.previous === undefined ? '' : ` after ${describeToken(this.previous)}`;
+    throw new FilterSyntaxError(
+      `expected ${expected}${after} at column ${column}${detail}`,
+      column,
+      expected,
+    );
+  }
+
+  private refuse(at: Token, message: string, expected: string): never {
+    const column = at.start + 1;
+    throw new FilterSyntaxError(`${message} at column ${column}`, column, expected);
+  }
+
+  // expression := term (connective term)*, left to right, no precedence
+  private parseExpression(): FilterNode {
+    let operands: FilterNode[] = [this.parseTerm()];
+    let connective: 'and' | 'or' | undefined;
+    for (;;) {
+      const token = this.lexer.peek();
+      if (token.kind !== 'word') break;
+      const word = token.text.toLowerCase();
+      if (word !== 'and' && word !== 'or') break;
+      this.take();
+      const next = this.parseTerm();
+      if (connective === undefined || connective === word) {
+        operands.push(next);
+      } else {
+        // The connective changed: everything so far becomes the left operand.
+        operands = [group(connective, operands), next];
+      }
+      connective = word;
+    }
+    return connective === undefined ? (operands[0] as FilterNode) : group(connective, operands);
+  }
+
+  // term := '(' expression ')' | comparison
+  private parseTerm(): FilterNode {
+    const token = this.lexer.peek();
+    if (token.kind === 'symbol' && token.text === '(') {
+      if (this.depth >= this.limits.maxDepth) {
+        this.refuse(
+          token,
+          `the filter nests parentheses deeper than ${this.limits.maxDepth} levels`,
+          `at most ${this.limits.maxDepth} levels of parentheses`,
+        );
+      }
+      this.take();
+      this.depth += 1;
+      const node = this.parseExpression();
+      const close = this.lexer.peek();
+      if (close.kind !== 'symbol' || close.text !== ')') this.fail(close, EXPECT_CONNECTIVE_GROUP);
+      this.take();
+      this.depth -= 1;
+      return node;
+    }
+    return this.parseComparison();
+  }
+
+  private parseComparison(): FilterComparison {
+    const keyToken = this.lexer.peek();
+    const path = this.parseKey();
+    if (this.comparisons >= this.limits.maxComparisons) {
+      this.refuse(
+        keyToken,
+        `the filter has more than ${this.limits.maxComparisons} comparisons`,
+        `at most ${this.limits.maxComparisons} comparisons`,
+      );
+    }
+    this.comparisons += 1;
+    const operator = this.parseOperator();
+
+    if (operator === 'exists' || operator === 'not exists') {
+      return { type: 'comparison', path, operator };
+    }
+    if (SCALAR_OPERATORS.has(operator)) {
+      const valueToken = this.lexer.peek();
+      if (valueToken.kind === 'symbol' && valueToken.text === '[') {
+        this.fail(
+          valueToken,
+          'a single value',
+          `, not a list (lists go with in, contains, matches)`,
+        );
+      }
+      const value = this.parseScalar(EXPECT_VALUE);
+      return { type: 'comparison', path, operator: operator as FilterScalarOperator, value };
+    }
+    const values = this.parseValues();
+    if (operator === 'matches') {
+      return { type: 'comparison', path, operator, value: this.checkPatterns(values) };
+    }
+    return {
+      type: 'comparison',
+      path,
+      operator: operator as Exclude<FilterListOperator, 'matches'>,
+      value: values.map((v) => v.value),
+    };
+  }
+
+  private parseKey(): FilterPath {
+    const token = this.lexer.peek();
+    if (token.kind === 'string') {
+      this.take();
+      return [token.text];
+    }
+    // A number-looking key (`404`, `1.5`) is a name too, since keys allow
+    // digits; only `+` (as in `1e+3`) is a number character that no name has.
+    if (token.kind === 'word' || (token.kind === 'number' && !token.raw.includes('+'))) {
+      const segments = token.raw.split('.');
+      if (segments.some((s) => s === '')) {
+        const offset = emptySegmentOffset(token.raw);
+        const column = token.start + offset + 1;
+        throw new FilterSyntaxError(
+          `expected an attribute name around '.' at column ${column} (a dotted path has no empty segment)`,
+          column,
+          'an attribute name',
+        );
+      }
+      this.take();
+      return segments;
+    }
+    if (this.previous === undefined && token.kind === 'end') {
+      throw new FilterSyntaxError(
+        'the filter is empty: expected a comparison at column 1',
+        1,
+        'a comparison',
+      );
+    }
+    return this.fail(token, EXPECT_KEY);
+  }
+
+  private parseOperator(): FilterOperator {
+    const token = this.lexer.peek();
+    if (token.kind === 'symbol' && SCALAR_OPERATORS.has(token.text)) {
+      this.take();
+      return token.text as FilterScalarOperator;
+    }
+    if (token.kind === 'word') {
+      const word = token.text.toLowerCase();
+      if (word === 'in' || word === 'contains' || word === 'matches' || word === 'exists') {
+        this.take();
+        return word;
+      }
+      if (word === 'not') {
+        this.take();
+        const second = this.lexer.peek();
+        const next = second.kind === 'word' ? second.text.toLowerCase() : '';
+        if (next === 'in' || next === 'contains' || next === 'exists') {
+          this.take();
+          return `not ${next}`;
+        }
+        return this.fail(second, EXPECT_AFTER_NOT);
+      }
+    }
+    return this.fail(token, EXPECT_OPERATOR);
+  }
+
+  /** A list, or a single value read as a one-element list. */
+  private parseValues(): { value: FilterScalar; token: Token }[] {
+    const open = this.lexer.peek();
+    if (!(open.kind === 'symbol' && open.text === '[')) {
+      const token = open;
+      return [{ value: this.parseScalar(EXPECT_VALUES), token }];
+    }
+    this.take();
+    const values: { value: FilterScalar; token: Token }[] = [];
+    const first = this.lexer.peek();
+    if (first.kind === 'symbol' && first.text === ']') {
+      this.take();
+      return values;
+    }
+    for (;;) {
+      const token = this.lexer.peek();
+      if (values.length >= this.limits.maxListLength) {
+        this.refuse(
+          token,
+          `the list has more than ${this.limits.maxListLength} values`,
+          `at most ${this.limits.maxListLength} values in a list`,
+        );
+      }
+      values.push({ value: this.parseScalar(EXPECT_VALUE), token });
+      const separator = this.lexer.peek();
+      if (separator.kind === 'symbol' && separator.text === ',') {
+        this.take();
+        continue;
+      }
+      if (separator.kind === 'symbol' && separator.text === ']') {
+        this.take();
+        return values;
+      }
+      this.fail(separator, EXPECT_LIST_NEXT);
+    }
+  }
+
+  private parseScalar(expected: string): FilterScalar {
+    const token = this.lexer.peek();
+    switch (token.kind) {
+      case 'string':
+        this.take();
+        return token.text;
+      case 'number': {
+        const value = Number(token.raw);
+        if (!Number.isFinite(value)) {
+          this.refuse(
+            token,
+            `the number ${describeToken(token)} is out of range`,
+            'a finite number',
+          );
+        }
+        this.take();
+        // -0 prints as 0; normalizing keeps print/parse an exact round trip.
+        return value === 0 ? 0 : value;
+      }
+      case 'word': {
+        const lower = token.text.toLowerCase();
+        if ((lower === 'date' || lower === 'now') && this.lexer.nextCharIs('(')) {
+          this.refuse(
+            token,
+            `${lower}() values are not supported (compare RFC 3339 strings instead)`,
+            expected,
+          );
+        }
+        // A connective is never a value: `a == and` is a missing value, not the string "and".
+        if (lower === 'and' || lower === 'or') return this.fail(token, expected);
+        this.take();
+        if (lower === 'true') return true;
+        if (lower === 'false') return false;
+        return token.text;
+      }
+      default:
+        return this.fail(token, expected);
+    }
+  }
+
+  private checkPatterns(values: { value: FilterScalar; token: Token }[]): string[] {
+    const patterns: string[] = [];
+    for (const { value, token } of values) {
+      if (typeof value !== 'string') {
+        this.refuse(
+          token,
+          `expected a string pattern, not ${describeToken(token)},`,
+          'a string pattern',
+        );
+      }
+      if (value.length > this.limits.maxPatternLength) {
+        this.refuse(
+          token,
+          `the pattern is longer than ${this.limits.maxPatternLength} characters`,
+          `a pattern of at most ${this.limits.maxPatternLength} characters`,
+        );
+      }
+      if (!this.regexes.has(value)) {
+        let regex: RegExp;
+        try {
+          regex = new RegExp(value, PATTERN_FLAGS);
+        } catch (error) {
+          const reason = error instanceof Error ? error.message : String(error);
+          this.refuse(
+            token,
+            `the pattern ${shortRaw(token)} does not compile (${reason})`,
+            'a valid regular expression',
+          );
+        }
+        const unsafe = unsafePatternReason(value);
+        if (unsafe !== undefined) {
+          this.refuse(
+            token,
+            `the pattern ${shortRaw(token)} could take exponential time (${unsafe})`,
+            'a regular expression without nested quantifiers or backreferences',
+          );
+        }
+        this.regexes.set(value, regex);
+      }
+      patterns.push(value);
+    }
+    return patterns;
+  }
+}
+
+function group(type: 'and' | 'or', operands: FilterNode[]): FilterGroup {
+  return { type, operands: operands as unknown as FilterGroup['operands'] };
+}
+
+function emptySegmentOffset(raw: string): number {
+  if (raw.startsWith('.')) return 0;
+  const double = raw.indexOf('..');
+  if (double >= 0) return double + 1;
+  return raw.length - 1;
+}
+
+function parseWithCache(
+  source: string,
+  limits: Partial<FilterLimits> | undefined,
+  regexes: Map<string, RegExp>,
+): FilterNode {
+  const resolved = resolveLimits(limits);
+  if (typeof source !== 'string') {
+    throw new FilterSyntaxError('expected a filter string at column 1', 1, 'a filter string');
+  }
+  if (source.length > resolved.maxLength) {
+    const column = resolved.maxLength + 1;
+    throw new FilterSyntaxError(
+      `the filter is longer than ${resolved.maxLength} characters at column ${column}`,
+      column,
+      `at most ${resolved.maxLength} characters`,
+    );
+  }
+  return new Parser(source, resolved, regexes).parse();
+}
+
+/**
+ * Parses a filter expression into its tree. Throws a
+ * {@link FilterSyntaxError} (with the column and what was expected there)
+ * when the text does not parse or is refused by `limits` (defaults:
+ * {@link DEFAULT_FILTER_LIMITS}); throws a RangeError when a given limit is
+ * not a positive integer. Regular expressions are compiled and checked here
+ * too, so a filter that parses will compile.
+ */
+export function parseFilter(source: string, limits?: Partial<FilterLimits>): FilterNode {
+  return parseWithCache(source, limits, new Map());
+}
+
+// ---------------------------------------------------------------------------
+// Regular expressions and the ReDoS guard
+
+/**
+ * Patterns are compiled with the `u` flag: `.` and classes work on code
+ * points (as in Go's RE2, which bahamut's clients are used to), `\p{L}`
+ * means a Unicode property rather than the letter `p`, and sloppy syntax
+ * (`\-` outside a class, a lone `{`) is refused at parse time instead of
+ * silently meaning something else. No `g`/`y`, so `test` keeps no state.
+ */
+const PATTERN_FLAGS = 'u';
+
+interface RxTerm {
+  readonly atom: RxAtom;
+  /** null: no quantifier; otherwise whether it allows more than one repetition. */
+  readonly quantifier: { readonly repeats: boolean } | null;
+}
+
+type RxAtom =
+  | { readonly kind: 'char'; readonly char: string }
+  | { readonly kind: 'other' }
+  | { readonly kind: 'group'; readonly alternatives: RxTerm[][] };
+
+/**
+ * Why a pattern could backtrack exponentially, or undefined if it passes.
+ *
+ * The heuristic, applied to a pattern that already compiles (so the syntax
+ * is valid `u`-mode syntax):
+ * 1. a backreference (`\1`, `\k<name>`) is refused: matching with them is
+ *    NP-hard in general and engines backtrack on them;
+ * 2. a group repeated by a quantifier that allows more than one repetition
+ *    (`*`, `+`, `{n,}`, `{n,m}` with m > 1) must contain no quantifier at
+ *    all, `?` included: `(a+)+`, `(a*)*`, `(\w+\s?)*` and `(a?){20}` are the
+ *    classic exponential shapes;
+ * 3. inside such a repeated group, at any depth, an alternation must be
+ *    unambiguous by its first character: every alternative starts with a
+ *    literal character and no two start with the same one (`(foo|bar)+` is
+ *    accepted, `(a|a)*`, `(a|ab)*`, `(\w|_)*` and `(a|)*` are refused).
+ * This is deliberately conservative (it refuses some safe patterns, such as
+ * `(\s*,)+`) and it does not bound polynomial backtracking such as
+ * `.*.*.*x`; the pattern length limit and the size of the entities bound
+ * that.
+ */
+function unsafePatternReason(pattern: string): string | undefined {
+  const scan = new PatternScanner(pattern);
+  const alternatives = scan.alternatives();
+  if (scan.backreference) return 'it uses a backreference';
+  return checkAlternatives(alternatives, false);
+}
+
+function checkAlternatives(alternatives: RxTerm[][], insideRepeat: boolean): string | undefined {
+  for (const sequence of alternatives) {
+    for (const term of sequence) {
+      if (term.atom.kind !== 'group') continue;
+      const repeated = term.quantifier?.repeats === true;
+      if (repeated && containsQuantifier(term.atom.alternatives)) {
+        return 'a repeated group contains a quantifier';
+      }
+      const inRepeat = insideRepeat || repeated;
+      if (
+        inRepeat &&
+        term.atom.alternatives.length > 1 &&
+        !isDeterministicAlternation(term.atom.alternatives)
+      ) {
+        return 'alternatives in a repeated group can match the same text';
+      }
+      const nested = checkAlternatives(term.atom.alternatives, inRepeat);
+      if (nested !== undefined) return nested;
+    }
+  }
+  return undefined;
+}
+
+function containsQuantifier(alternatives: RxTerm[][]): boolean {
+  return alternatives.some((sequence) =>
+    sequence.some(
+      (term) =>
+        term.quantifier !== null ||
+        (term.atom.kind === 'group' && containsQuantifier(term.atom.alternatives)),
+    ),
+  );
+}
+
+function isDeterministicAlternation(alternatives: RxTerm[][]): boolean {
+  const firsts = new Set<string>();
+  for (const sequence of alternatives) {
+    const first = sequence[0];
+    if (first === undefined || first.atom.kind !== 'char') return false;
+    if (firsts.has(first.atom.char)) return false;
+    firsts.add(first.atom.char);
+  }
+  return true;
+}
+
+/** A small reader of `u`-mode regular expressions, enough to see groups, quantifiers and escapes. */
+class PatternScanner {
+  private pos = 0;
+  backreference = false;
+
+  constructor(private readonly pattern: string) {}
+
+  /** The top-level alternatives of the pattern, each a sequence of terms. */
+  alternatives(): RxTerm[][] {
+    const p = this.pattern;
+    const result: RxTerm[][] = [[]];
+    while (this.pos < p.length) {
+      const ch = p[this.pos] as string;
+      if (ch === ')') break;
+      if (ch === '|') {
+        this.pos += 1;
+        result.push([]);
+        continue;
+      }
+      const atom = this.atom();
+      const quantifier = this.quantifier();
+      (result[result.length - 1] as RxTerm[]).push({ atom, quantifier });
+    }
+    return result;
+  }
+
+  private atom(): RxAtom {
+    const p = this.pattern;
+    const ch = p[this.pos] as string;
+    if (ch === '(') {
+      this.pos += 1;
+      this.groupPrefix();
+      const alternatives = this.alternatives();
+      this.pos += 1; // ')'
+      return { kind: 'group', alternatives };
+    }
+    if (ch === '[') {
+      this.pos += 1;
+      while (this.pos < p.length && p[this.pos] !== ']') {
+        this.pos += p[this.pos] === '\\' ? 2 : 1;
+      }
+      this.pos += 1; // ']'
+      return { kind: 'other' };
+    }
+    if (ch === '\\') return this.escape();
+    if (ch === '.' || ch === '^' || ch === '$') {
+      this.pos += 1;
+      return { kind: 'other' };
+    }
+    const char = String.fromCodePoint(p.codePointAt(this.pos) as number);
+    this.pos += char.length;
+    return { kind: 'char', char };
+  }
+
+  private groupPrefix(): void {
+    const p = this.pattern;
+    if (p[this.pos] !== '?') return;
+    const next = p[this.pos + 1];
+    if (next === ':' || next === '=' || next === '!') {
+      this.pos += 2;
+    } else if (next === '<' && (p[this.pos + 2] === '=' || p[this.pos + 2] === '!')) {
+      this.pos += 3;
+    } else if (next === '<') {
+      this.skipPast('>'); // (?<name>
+    } else {
+      this.skipPast(':'); // modifiers, (?i:...)
+    }
+  }
+
+  /** Moves past the next `ch`, or to the end (never backwards, so the scan always ends). */
+  private skipPast(ch: string): void {
+    const at = this.pattern.indexOf(ch, this.pos);
+    this.pos = at < 0 ? this.pattern.length : at + 1;
+  }
+
+  private escape(): RxAtom {
+    const p = this.pattern;
+    const ch = p[this.pos + 1] ?? '';
+    this.pos += 2;
+    if (/[1-9]/.test(ch)) {
+      this.backreference = true;
+      while (/[0-9]/.test(p[this.pos] ?? '')) this.pos += 1;
+      return { kind: 'other' };
+    }
+    if (ch === 'k') {
+      this.backreference = true;
+      this.skipPast('>');
+      return { kind: 'other' };
+    }
+    if ((ch === 'p' || ch === 'P' || ch === 'u') && p[this.pos] === '{') {
+      this.skipPast('}');
+      return { kind: 'other' };
+    }
+    if (ch === 'u') this.pos += 4;
+    else if (ch === 'x') this.pos += 2;
+    else if (ch === 'c') this.pos += 1;
+    // In u mode only syntax characters may be escaped as themselves; they are literals.
+    if (/[\^$\\.*+?()[\]{}|/-]/.test(ch)) return { kind: 'char', char: ch };
+    return { kind: 'other' };
+  }
+
+  private quantifier(): RxTerm['quantifier'] {
+    const p = this.pattern;
+    const ch = p[this.pos];
+    let repeats: boolean;
+    if (ch === '*' || ch === '+') {
+      this.pos += 1;
+      repeats = true;
+    } else if (ch === '?') {
+      this.pos += 1;
+      repeats = false;
+    } else if (ch === '{') {
+      const braces = /\{(\d+)(,(\d*))?\}/y;
+      braces.lastIndex = this.pos;
+      const m = braces.exec(p);
+      if (m === null) return null; // cannot happen in u mode, where a lone '{' does not compile
+      this.pos = braces.lastIndex;
+      const min = Number(m[1]);
+      const max = m[2] === undefined ? min : m[3] === '' ? Infinity : Number(m[3]);
+      repeats = max > 1;
+    } else {
+      return null;
+    }
+    if (p[this.pos] === '?') this.pos += 1; // lazy: same backtracking, other order
+    return { repeats };
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The printer
+
+function quote(text: string): string {
+  return `"${text.replace(/[\\"]/g, (ch) => `\\${ch}`)}"`;
+}
+
+function printKey(path: FilterPath): string {
+  if (path.length === 0) throw new RangeError('a filter path needs at least one segment');
+  if (path.length === 1) {
+    const name = path[0] as string;
+    return NAME.test(name) && !KEYWORDS.has(name.toLowerCase()) ? name : quote(name);
+  }
+  if (!path.every((segment) => NAME.test(segment))) {
+    // No source text reads as a multi-segment path whose segments are not names.
+    throw new RangeError(`the path ${JSON.stringify(path)} cannot be written as a filter key`);
+  }
+  return path.join('.');
+}
+
+function printScalar(value: FilterScalar): string {
+  if (typeof value === 'string') return quote(value);
+  if (typeof value === 'number') {
+    if (!Number.isFinite(value)) throw new RangeError(`a filter number must be finite`);
+    return String(value === 0 ? 0 : value);
+  }
+  return value ? 'true' : 'false';
+}
+
+/**
+ * Prints a tree as canonical filter text: strings in double quotes, keywords
+ * in lower case, one space around operators and connectives, every nested
+ * group in parentheses, list operators always with `[...]`.
+ * `parseFilter(printFilter(node))` deep-equals `node` for every tree that
+ * {@link parseFilter} can return. Throws a RangeError for a tree no text
+ * can produce (a group of fewer than two operands, an empty path, a
+ * multi-segment path whose segments are not plain names, a number that is
+ * not finite).
+ */
+export function printFilter(node: FilterNode): string {
+  if (node.type !== 'comparison') {
+    if (node.operands.length < 2) throw new RangeError('a filter group needs two operands');
+    return node.operands
+      .map((operand) =>
+        operand.type === 'comparison' ? printFilter(operand) : `(${printFilter(operand)})`,
+      )
+      .join(` ${node.type} `);
+  }
+  const key = printKey(node.path);
+  switch (node.operator) {
+    case 'exists':
+    case 'not exists':
+      return `${key} ${node.operator}`;
+    case 'in':
+    case 'not in':
+    case 'contains':
+    case 'not contains':
+    case 'matches':
+      return `${key} ${node.operator} [${node.value.map(printScalar).join(', ')}]`;
+    default:
+      return `${key} ${node.operator} ${printScalar(node.value)}`;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The compiler
+
+/** A filter ready to run: the source it came from, and a synchronous test. */
+export interface CompiledFilter {
+  /** The source text, as given. */
+  readonly source: string;
+  /**
+   * True when the entity passes the filter. Never throws: anything that
+   * goes wrong while reading the entity (a throwing getter, a revoked proxy)
+   * counts as no match. An entity that is not an object has every attribute
+   * absent.
+   */
+  match(entity: unknown): boolean;
+}
+
+type Predicate = (entity: unknown) => boolean;
+
+/**
+ * Reads an attribute: own properties only (so `constructor` or `toString`
+ * are absent on `{}`, and a JSON `__proto__` key reads as data), through
+ * plain objects only (arrays, and anything else, end the path as absent).
+ */
+function read(entity: unknown, path: FilterPath): unknown {
+  let current = entity;
+  for (const segment of path) {
+    if (typeof current !== 'object' || current === null || Array.isArray(current)) {
+      return undefined;
+    }
+    if (!Object.hasOwn(current, segment)) return undefined;
+    current = (current as Record<string, unknown>)[segment];
+  }
+  return current;
+}
+
+function isAbsent(value: unknown): value is null | undefined {
+  return value === null || value === undefined;
+}
+
+/**
+ * Equality without coercion. A bigint (MessagePack int64) is a number too:
+ * JavaScript compares bigint with number exactly, so 3n equals 3.
+ */
+function equals(actual: unknown, expected: FilterScalar): boolean {
+  if (typeof actual === 'bigint') return sameNumber(actual, expected);
+  return actual === expected;
+}
+
+function sameNumber(actual: bigint, expected: FilterScalar): boolean {
+  return Number.isInteger(expected) && actual === BigInt(expected);
+}
+
+function ordered(actual: unknown, expected: FilterScalar): boolean {
+  if (typeof expected === 'number') return typeof actual === 'number' || typeof actual === 'bigint';
+  if (typeof expected === 'string') return typeof actual === 'string';
+  return false;
+}
+
+/** A membership test over a fixed list, with sets for the common cases. */
+function memberOf(values: readonly FilterScalar[]): (actual: unknown) => boolean {
+  const strings = new Set<string>();
+  const numbers = new Set<number>();
+  let hasTrue = false;
+  let hasFalse = false;
+  for (const value of values) {
+    if (typeof value === 'string') strings.add(value);
+    else if (typeof value === 'number') numbers.add(value);
+    else if (value) hasTrue = true;
+    else hasFalse = true;
+  }
+  return (actual) => {
+    switch (typeof actual) {
+      case 'string':
+        return strings.has(actual);
+      case 'number':
+        return numbers.has(actual);
+      case 'boolean':
+        return actual ? hasTrue : hasFalse;
+      case 'bigint':
+        for (const n of numbers) if (sameNumber(actual, n)) return true;
+        return false;
+      default:
+        return false;
+    }
+  };
+}
+
+function compileComparison(node: FilterComparison, regexes: Map<string, RegExp>): Predicate {
+  const path = node.path;
+  switch (node.operator) {
+    case 'exists':
+      return (e) => !isAbsent(read(e, path));
+    case 'not exists':
+      return (e) => isAbsent(read(e, path));
+    case '==': {
+      const v = node.value;
+      return (e) => equals(read(e, path), v);
+    }
+    case '!=': {
+      const v = node.value;
+      return (e) => !equals(read(e, path), v);
+    }
+    case '<':
+    case '<=':
+    case '>':
+    case '>=': {
+      const v = node.value;
+      const test = ORDER[node.operator];
+      return (e) => {
+        const a = read(e, path);
+        return ordered(a, v) && test(a as number | bigint | string, v as number | string);
+      };
+    }
+    case 'in':
+    case 'not in': {
+      const member = memberOf(node.value);
+      const negate = node.operator === 'not in';
+      return (e) => member(read(e, path)) !== negate;
+    }
+    case 'contains':
+    case 'not contains': {
+      const member = memberOf(node.value);
+      const strings = node.value.filter((v): v is string => typeof v === 'string');
+      const negate = node.operator === 'not contains';
+      return (e) => {
+        const a = read(e, path);
+        let found = false;
+        if (Array.isArray(a)) found = a.some(member);
+        else if (typeof a === 'string') found = strings.some((s) => a.includes(s));
+        return found !== negate;
+      };
+    }
+    case 'matches': {
+      const patterns = node.value.map((pattern) => {
+        let regex = regexes.get(pattern);
+        if (regex === undefined) {
+          // Only for a tree built by hand: parseFilter has checked every pattern it returns.
+          regex = new RegExp(pattern, PATTERN_FLAGS);
+          regexes.set(pattern, regex);
+        }
+        return regex;
+      });
+      return (e) => {
+        const a = read(e, path);
+        return typeof a === 'string' && patterns.some((r) => r.test(a));
+      };
+    }
+  }
+}
+
+const ORDER: Record<
+  '<' | '<=' | '>' | '>=',
+  (a: number | bigint | string, b: number | string) => boolean
+> = {
+  '<': (a, b) => a < b,
+  '<=': (a, b) => a <= b,
+  '>': (a, b) => a > b,
+  '>=': (a, b) => a >= b,
+};
+
+function compileNode(node: FilterNode, regexes: Map<string, RegExp>): Predicate {
+  if (node.type === 'comparison') return compileComparison(node, regexes);
+  const operands = node.operands.map((operand) => compileNode(operand, regexes));
+  if (node.type === 'and') {
+    return (e) => {
+      for (const operand of operands) if (!operand(e)) return false;
+      return true;
+    };
+  }
+  return (e) => {
+    for (const operand of operands) if (operand(e)) return true;
+    return false;
+  };
+}
+
+/**
+ * Parses and compiles a filter once, for many calls to `match`. Every
+ * regular expression is compiled here, once (a pattern used twice is
+ * compiled once). Throws a {@link FilterSyntaxError} as
+ * {@link parseFilter} does; `limits` defaults to
+ * {@link DEFAULT_FILTER_LIMITS}.
+ */
+export function compileFilter(source: string, limits?: Partial<FilterLimits>): CompiledFilter {
+  const regexes = new Map<string, RegExp>();
+  const predicate = compileNode(parseWithCache(source, limits, regexes), regexes);
+  return Object.freeze({
+    source,
+    match(entity: unknown): boolean {
+      try {
+        return predicate(entity);
+      } catch {
+        return false;
+      }
+    },
+  });
+}

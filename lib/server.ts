@@ -1,0 +1,849 @@
+/**
+ * The push server: the session registry, the subscription to the topic,
+ * the dispatch fan-out and publishing. Transport-agnostic: middleware.ts
+ * binds it to Express and the upgrade.
+ */
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import type { WebSocket } from 'ws';
+import {
+  compose,
+  type DispatchContext,
+  type DispatchPredicate,
+  type DispatchStats,
+  type PublishContext,
+  type PublishOptions,
+  type SessionContext,
+} from './chain.js';
+import {
+  BadRequestError,
+  ForbiddenError,
+  InvalidEventError,
+  InvalidPushConfigError,
+  NotConnectedError,
+  PubSubError,
+  PushError,
+  ServiceUnavailableError,
+} from './errors.js';
+import { buildFrame, buildTextFrame } from './frame.js';
+import { describeError } from './logger.js';
+import type { ResolvedOptions } from './options.js';
+import { negotiateEncodings, UnsupportedEncodingError } from './protocol/encoding.js';
+import {
+  encodeEntity,
+  encodeMsgpackEvent,
+  EventFormatError,
+  normalizeTimestamp,
+  WireEvent,
+  wireEventFrom,
+  type PushEvent,
+} from './protocol/event.js';
+import {
+  decodePublication,
+  encodePublication,
+  publicationSubject,
+  subscriptionSubject,
+  type DecodedPublication,
+  type PublicationHeaders,
+} from './protocol/publication.js';
+import {
+  decodePushConfigMessage,
+  parsePushConfig,
+  PushConfigError,
+} from './protocol/push-config.js';
+import type { PubSubClient, Unsubscribe } from './pubsub/contract.js';
+import { ServerSession, type PushSession } from './session.js';
+
+const WS_OPEN = 1;
+const NO_IDENTITIES: readonly string[] = [];
+const NO_PREDICATES: readonly DispatchPredicate[] = [];
+
+/** Counters of one push middleware since it started. */
+export interface PushStats {
+  /** Sessions open now. */
+  sessionsOpen: number;
+  /** Sessions accepted (handshake completed). */
+  sessionsAccepted: number;
+  /** Connection attempts refused, by HTTP status. */
+  sessionsRefused: Record<number, number>;
+  /** Sessions closed, by close code. */
+  sessionsClosed: Record<number, number>;
+  /** Publications received from the topic. */
+  eventsReceived: number;
+  /** Publications that did not decode (dropped). */
+  eventsUndecodable: number;
+  /** Events dropped because a dispatch plugin threw or timed out. */
+  dispatchErrors: number;
+  /** Events written to sessions. */
+  deliveries: number;
+  /** (event, session) pairs skipped by error state, timestamp, push config or a predicate. */
+  filtered: number;
+  /** Events dropped for slow consumers. */
+  dropped: number;
+  /** Invalid push configs received. */
+  invalidConfigs: number;
+  /** Events published (handed to the backend). */
+  published: number;
+  /** Publish attempts retried. */
+  publishRetries: number;
+  /** Publishes that failed every attempt. */
+  publishFailures: number;
+}
+
+function increment(map: Record<number, number>, key: number): void {
+  map[key] = (map[key] ?? 0) + 1;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
+/** Resolves with the promise, or rejects with `onTimeout()` after `ms`. */
+function withTimeout<T>(promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+  if (ms <= 0) return promise;
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(onTimeout()), ms);
+    timer.unref();
+    promise.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        reject(error instanceof Error ? error : new Error(String(error)));
+      },
+    );
+  });
+}
+
+interface PreparedEvent {
+  event: PushEvent & { timestamp: Date };
+  eventBytes: Uint8Array;
+  subject: string;
+}
+
+/** The frames of one event, built at most once per encoding. */
+class EventFrames {
+  #json: Buffer | undefined;
+  #msgpack: Buffer | undefined;
+  failed = false;
+  constructor(private readonly event: WireEvent) {}
+
+  /** The frame for a session, or undefined when the event cannot be encoded. */
+  for(binary: boolean): Buffer | undefined {
+    try {
+      if (binary) return (this.#msgpack ??= buildFrame(this.event.toMsgpack(), true));
+      return (this.#json ??= buildTextFrame(this.event.toJson()));
+    } catch {
+      this.failed = true;
+      return undefined;
+    }
+  }
+}
+
+/** One push server: its sessions, its subscription, its plugins. */
+export class PushServer {
+  readonly options: ResolvedOptions;
+  readonly topic: string;
+  readonly pubsub: PubSubClient;
+  /** Resolves once subscribed to the topic. */
+  readonly ready: Promise<void>;
+
+  readonly #sessions = new Set<ServerSession>();
+  readonly #stats: PushStats = {
+    sessionsOpen: 0,
+    sessionsAccepted: 0,
+    sessionsRefused: {},
+    sessionsClosed: {},
+    eventsReceived: 0,
+    eventsUndecodable: 0,
+    dispatchErrors: 0,
+    deliveries: 0,
+    filtered: 0,
+    dropped: 0,
+    invalidConfigs: 0,
+    published: 0,
+    publishRetries: 0,
+    publishFailures: 0,
+  };
+  readonly #sessionChain: ((ctx: SessionContext, last: () => void) => Promise<void>) | undefined;
+  readonly #dispatchChain:
+    | ((
+        ctx: DispatchContext,
+        last: (ctx: DispatchContext) => Promise<void> | void,
+      ) => Promise<void>)
+    | undefined;
+  readonly #publishChain:
+    | ((ctx: PublishContext, last: (ctx: PublishContext) => Promise<void>) => Promise<void>)
+    | undefined;
+  #dispatchTail: Promise<void> = Promise.resolve();
+  #unsubscribe: Unsubscribe | undefined;
+  #closing = false;
+  #closePromise: Promise<void> | undefined;
+  #pingTimer: NodeJS.Timeout | undefined;
+  #corked: ServerSession[] = [];
+  #uncorkScheduled = false;
+
+  constructor(pubsub: PubSubClient, topic: string, options: ResolvedOptions) {
+    if (pubsub === null || typeof pubsub !== 'object' || typeof pubsub.subscribe !== 'function') {
+      throw new TypeError('pushMiddleware: pubsub must implement PubSubClient');
+    }
+    if (typeof topic !== 'string' || topic === '') {
+      throw new TypeError('pushMiddleware: topic must be a non-empty string');
+    }
+    this.pubsub = pubsub;
+    this.topic = topic;
+    this.options = options;
+    const sessionMws = options.plugins.flatMap((p) => (p.session ? [p.session.bind(p)] : []));
+    const dispatchMws = options.plugins.flatMap((p) => (p.dispatch ? [p.dispatch.bind(p)] : []));
+    const publishMws = options.plugins.flatMap((p) => (p.publish ? [p.publish.bind(p)] : []));
+    this.#sessionChain = sessionMws.length > 0 ? compose(sessionMws) : undefined;
+    this.#dispatchChain = dispatchMws.length > 0 ? compose(dispatchMws) : undefined;
+    this.#publishChain = publishMws.length > 0 ? compose(publishMws) : undefined;
+
+    this.ready = this.#subscribe();
+    // `ready` is the caller's to await; this catch only keeps an ignored failure from crashing the process.
+    this.ready.catch((error: unknown) => {
+      this.options.logger.error({ err: describeError(error) }, 'pushwire: subscription failed');
+    });
+    if (options.pingInterval > 0) {
+      this.#pingTimer = setInterval(() => this.#pingAll(), options.pingInterval);
+      this.#pingTimer.unref();
+    }
+  }
+
+  async #subscribe(): Promise<void> {
+    await this.pubsub.connect();
+    const subject = subscriptionSubject(this.topic, this.options.subjectHierarchies);
+    const unsubscribe = await this.pubsub.subscribe(subject, (payload) => this.#onPayload(payload));
+    if (this.#closing) await unsubscribe();
+    else this.#unsubscribe = unsubscribe;
+  }
+
+  /** A snapshot of the counters. */
+  stats(): PushStats {
+    return {
+      ...this.#stats,
+      sessionsOpen: this.#sessions.size,
+      sessionsRefused: { ...this.#stats.sessionsRefused },
+      sessionsClosed: { ...this.#stats.sessionsClosed },
+    };
+  }
+
+  /** The open sessions. */
+  sessions(): PushSession[] {
+    return [...this.#sessions];
+  }
+
+  /** True once close() was called. */
+  get closing(): boolean {
+    return this.#closing;
+  }
+
+  // -------------------------------------------------------------------------
+  // Sessions
+
+  /** Counts a refusal (for stats and logs). */
+  recordRefusal(status: number, request: IncomingMessage, error: unknown): void {
+    increment(this.#stats.sessionsRefused, status);
+    this.options.logger.debug(
+      { status, clientIP: request.socket.remoteAddress, err: describeError(error) },
+      'pushwire: session refused',
+    );
+  }
+
+  /**
+   * Builds a session from an upgrade request and runs the session phase.
+   * Resolves to the accepted session; rejects with the PushError whose
+   * status the refusal must carry.
+   */
+  async openSession(request: IncomingMessage): Promise<ServerSession> {
+    if (this.#closing) throw new ServiceUnavailableError('The push server is shutting down');
+    const origin = request.headers.origin;
+    if (
+      origin !== undefined &&
+      this.options.allowedOrigins &&
+      !this.options.allowedOrigins(origin)
+    ) {
+      throw new ForbiddenError(`Origin ${origin.slice(0, 200)} is not allowed`);
+    }
+    const query = new URL(request.url ?? '/', 'http://localhost').searchParams;
+    let encodings;
+    try {
+      encodings = negotiateEncodings(
+        request.headers['content-type'],
+        request.headers.accept,
+        query.get('encoding') ?? undefined,
+      );
+    } catch (error) {
+      if (error instanceof UnsupportedEncodingError) throw new BadRequestError(error.message);
+      throw error;
+    }
+    const ip = (request as { ip?: unknown }).ip;
+    const session = new ServerSession({
+      id: randomUUID(),
+      request,
+      query,
+      clientIP: typeof ip === 'string' ? ip : (request.socket.remoteAddress ?? ''),
+      encodings,
+      host: this,
+    });
+    if (this.#sessionChain === undefined) return session;
+    const ctx: SessionContext = {
+      session,
+      request,
+      authenticated: false,
+      accepted: false,
+      state: {},
+    };
+    try {
+      await this.#sessionChain(ctx, () => {
+        ctx.accepted = true;
+      });
+    } catch (error) {
+      if (error instanceof PushError) throw error;
+      // The session phase's default: a plain throw from a custom plugin refuses with 403.
+      throw new ForbiddenError(error instanceof Error ? error.message : String(error), {
+        cause: error,
+      });
+    }
+    if (!ctx.accepted) throw new ForbiddenError();
+    if (this.#closing) throw new ServiceUnavailableError('The push server is shutting down');
+    return session;
+  }
+
+  /** Registers a session whose handshake completed. */
+  startSession(session: ServerSession, ws: WebSocket, socket: Socket): void {
+    session.ws = ws;
+    session.socket = socket;
+    if (this.#closing) {
+      ws.close(1001, 'server shutting down');
+      return;
+    }
+    session.open = true;
+    this.#sessions.add(session);
+    this.#stats.sessionsAccepted++;
+    const enableErrors = new URL(session.request.url ?? '/', 'http://localhost').searchParams.has(
+      'enableErrors',
+    );
+    ws.on('message', (data, isBinary) => this.#onMessage(session, data, isBinary, enableErrors));
+    ws.on('pong', () => {
+      session.alive = true;
+    });
+    ws.on('error', (error) => {
+      this.options.logger.debug(
+        { sessionId: session.id, err: describeError(error) },
+        'pushwire: session socket error',
+      );
+    });
+    ws.on('close', (code, reason) => this.#onClose(session, code, reason.toString()));
+    this.options.logger.debug(
+      { sessionId: session.id, clientIP: session.clientIP, encoding: session.encodings.write },
+      'pushwire: session started',
+    );
+    for (const plugin of this.options.plugins) {
+      if (plugin.onSessionStart) {
+        this.#runHook(plugin.name, 'onSessionStart', () => plugin.onSessionStart?.(session));
+      }
+    }
+  }
+
+  #runHook(name: string | undefined, hook: string, fn: () => void | Promise<void>): void {
+    const report = (error: unknown): void =>
+      this.options.logger.warn(
+        { plugin: name, hook, err: describeError(error) },
+        'pushwire: hook failed',
+      );
+    try {
+      const result = fn();
+      if (result && typeof result.then === 'function') result.then(undefined, report);
+    } catch (error) {
+      report(error);
+    }
+  }
+
+  #onClose(session: ServerSession, code: number, reason: string): void {
+    if (!this.#sessions.delete(session)) return;
+    session.abort();
+    increment(this.#stats.sessionsClosed, code);
+    this.options.logger.debug(
+      { sessionId: session.id, code, reason, dropped: session.dropped },
+      'pushwire: session closed',
+    );
+    for (const plugin of this.options.plugins) {
+      if (plugin.onSessionStop) {
+        this.#runHook(plugin.name, 'onSessionStop', () =>
+          plugin.onSessionStop?.(session, { code, reason }),
+        );
+      }
+    }
+  }
+
+  #onMessage(
+    session: ServerSession,
+    data: Buffer | ArrayBuffer | Buffer[],
+    _isBinary: boolean,
+    enableErrors: boolean,
+  ): void {
+    const bytes = Array.isArray(data)
+      ? Buffer.concat(data)
+      : data instanceof ArrayBuffer
+        ? new Uint8Array(data)
+        : data;
+    let config;
+    try {
+      config = parsePushConfig(decodePushConfigMessage(bytes, session.encodings.read));
+    } catch (error) {
+      if (!(error instanceof PushConfigError)) throw error;
+      this.#stats.invalidConfigs++;
+      this.options.logger.debug(
+        { sessionId: session.id, err: describeError(error) },
+        'pushwire: invalid push config',
+      );
+      if (enableErrors) {
+        session.errorState = true;
+        const err = new InvalidPushConfigError(error.message, { data: error.data });
+        this.#sendError(session, err);
+      } else {
+        session.close(1003, 'invalid push config');
+      }
+      return;
+    }
+    session.config = config;
+    session.errorState = false;
+  }
+
+  #sendError(session: ServerSession, error: PushError): void {
+    const event = new WireEvent({
+      identity: '',
+      type: 'error',
+      timestamp: new Date(),
+      entityEncoding: 'application/msgpack',
+      entity: error.toErrorObject(),
+    });
+    const frame = new EventFrames(event).for(session.binary);
+    if (frame !== undefined) this.#write(session, frame, undefined);
+  }
+
+  /** Sends events to one session (PushSession#directPush). */
+  directPush(session: ServerSession, events: PushEvent[]): void {
+    const prepared = events.map((event) => {
+      try {
+        return wireEventFrom(event, normalizeTimestamp(event));
+      } catch (error) {
+        throw new InvalidEventError((error as Error).message, { cause: error });
+      }
+    });
+    if (!session.open || session.errorState) return;
+    for (const event of prepared) {
+      if (event.timestamp.getTime() < session.startMs) continue;
+      if (session.config !== undefined && !session.config.allows(event, NO_IDENTITIES)) continue;
+      const frame = new EventFrames(event).for(session.binary);
+      if (frame === undefined) throw new InvalidEventError('the event entity cannot be encoded');
+      this.#write(session, frame, undefined);
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Dispatch
+
+  #onPayload(payload: Uint8Array): void {
+    if (this.#closing) return;
+    this.#stats.eventsReceived++;
+    let publication: DecodedPublication;
+    try {
+      publication = decodePublication(payload);
+    } catch (error) {
+      this.#stats.eventsUndecodable++;
+      this.options.logger.warn(
+        { err: describeError(error), bytes: payload.byteLength },
+        'pushwire: dropped a publication that does not decode',
+      );
+      return;
+    }
+    if (this.#dispatchChain === undefined) {
+      // The fast path: no plugin, no promise.
+      this.#fanOut(publication.event, NO_IDENTITIES, NO_PREDICATES, undefined);
+      return;
+    }
+    // Plugins may be async: events are dispatched one after the other to keep their order.
+    this.#dispatchTail = this.#dispatchTail.then(() => this.#runDispatch(publication));
+  }
+
+  async #runDispatch(publication: DecodedPublication): Promise<void> {
+    const { event, ...headers } = publication;
+    const ctx: DispatchContext = {
+      event,
+      publication: headers,
+      relatedIdentities: [],
+      predicates: [],
+      stats: { considered: 0, sent: 0, filtered: 0, dropped: 0 },
+      state: {},
+    };
+    let abandoned = false;
+    const chain = this.#dispatchChain;
+    if (chain === undefined) return;
+    try {
+      await withTimeout(
+        chain(ctx, (c) =>
+          abandoned || this.#closing
+            ? undefined
+            : this.#fanOut(c.event, c.relatedIdentities, c.predicates, c.stats),
+        ),
+        this.options.dispatchTimeout,
+        () =>
+          new Error(`dispatch plugins did not finish within ${this.options.dispatchTimeout} ms`),
+      );
+    } catch (error) {
+      abandoned = true;
+      this.#stats.dispatchErrors++;
+      this.options.logger.warn(
+        { identity: event.identity, type: event.type, err: describeError(error) },
+        'pushwire: event not dispatched: a dispatch plugin failed',
+      );
+    }
+  }
+
+  /**
+   * Steps 1-5 of PROTOCOL.md section 5 for every open session. Synchronous
+   * unless a predicate returns a promise; then the returned promise settles
+   * when those sessions have been decided.
+   */
+  #fanOut(
+    event: WireEvent,
+    related: readonly string[],
+    predicates: readonly DispatchPredicate[],
+    stats: DispatchStats | undefined,
+  ): Promise<void> | undefined {
+    const frames = new EventFrames(event);
+    const eventMs = event.timestamp.getTime();
+    let considered = 0;
+    let filtered = 0;
+    let pending: Promise<void>[] | undefined;
+    for (const session of this.#sessions) {
+      considered++;
+      if (session.errorState || eventMs < session.startMs) {
+        filtered++;
+        continue;
+      }
+      const config = session.config;
+      if (config !== undefined && !config.allows(event, related)) {
+        filtered++;
+        continue;
+      }
+      let verdict: boolean | Promise<boolean> = true;
+      if (predicates.length > 0) verdict = this.#checkPredicates(session, predicates);
+      if (verdict === false) {
+        filtered++;
+        continue;
+      }
+      if (verdict === true && session.asyncTail === undefined) {
+        const frame = frames.for(session.binary);
+        if (frame === undefined) break;
+        this.#write(session, frame, stats);
+        continue;
+      }
+      // Slow path: an async predicate for this session, or one still pending from an earlier event.
+      (pending ??= []).push(this.#deferWrite(session, verdict, frames, stats));
+    }
+    this.#stats.filtered += filtered;
+    if (stats !== undefined) {
+      stats.considered += considered;
+      stats.filtered += filtered;
+    }
+    if (frames.failed) {
+      this.#stats.eventsUndecodable++;
+      this.options.logger.warn(
+        { identity: event.identity, type: event.type },
+        'pushwire: dropped an event whose entity does not decode',
+      );
+    }
+    return pending === undefined ? undefined : Promise.all(pending).then(() => undefined);
+  }
+
+  #checkPredicates(
+    session: ServerSession,
+    predicates: readonly DispatchPredicate[],
+  ): boolean | Promise<boolean> {
+    let asyncResults: Promise<boolean>[] | undefined;
+    for (let i = 0; i < predicates.length; i++) {
+      let result: boolean | Promise<boolean>;
+      try {
+        result = (predicates[i] as DispatchPredicate)(session);
+      } catch (error) {
+        this.#predicateFailed(session, error);
+        return false;
+      }
+      if (result === true) continue;
+      if (result === false) return false;
+      if (result && typeof (result as Promise<boolean>).then === 'function') {
+        (asyncResults ??= []).push(
+          Promise.resolve(result).then(
+            (r) => r === true,
+            (error: unknown) => {
+              this.#predicateFailed(session, error);
+              return false;
+            },
+          ),
+        );
+      } else return false;
+    }
+    if (asyncResults === undefined) return true;
+    return Promise.all(asyncResults).then((all) => all.every(Boolean));
+  }
+
+  #predicateFailed(session: ServerSession, error: unknown): void {
+    this.options.logger.warn(
+      { sessionId: session.id, err: describeError(error) },
+      'pushwire: shouldDispatch threw; the event is not sent to that session',
+    );
+  }
+
+  #deferWrite(
+    session: ServerSession,
+    verdict: boolean | Promise<boolean>,
+    frames: EventFrames,
+    stats: DispatchStats | undefined,
+  ): Promise<void> {
+    const previous = session.asyncTail ?? Promise.resolve();
+    const tail = previous
+      .then(() => verdict)
+      .then((ok) => {
+        if (!ok) {
+          this.#stats.filtered++;
+          if (stats) stats.filtered++;
+          return;
+        }
+        const frame = frames.for(session.binary);
+        if (frame !== undefined) this.#write(session, frame, stats);
+      })
+      .finally(() => {
+        if (session.asyncTail === tail) session.asyncTail = undefined;
+      });
+    session.asyncTail = tail;
+    return tail;
+  }
+
+  /** Writes one frame to a session, coalesced per turn, within its buffer bound. */
+  #write(session: ServerSession, frame: Buffer, stats: DispatchStats | undefined): void {
+    const socket = session.socket;
+    const ws = session.ws;
+    if (socket === undefined || ws === undefined || ws.readyState !== WS_OPEN || !socket.writable) {
+      return;
+    }
+    if (socket.writableLength > this.options.maxBufferedBytes) {
+      session.dropped++;
+      this.#stats.dropped++;
+      if (stats) stats.dropped++;
+      if (this.options.slowConsumerPolicy === 'close') this.#closeSlowConsumer(session);
+      return;
+    }
+    if (!session.corked) {
+      session.corked = true;
+      socket.cork();
+      this.#corked.push(session);
+      if (!this.#uncorkScheduled) {
+        this.#uncorkScheduled = true;
+        process.nextTick(this.#uncorkAll);
+      }
+    }
+    socket.write(frame);
+    this.#stats.deliveries++;
+    if (stats) stats.sent++;
+  }
+
+  readonly #uncorkAll = (): void => {
+    this.#uncorkScheduled = false;
+    const corked = this.#corked;
+    this.#corked = [];
+    for (const session of corked) {
+      session.corked = false;
+      session.socket?.uncork();
+    }
+  };
+
+  #closeSlowConsumer(session: ServerSession): void {
+    const ws = session.ws;
+    if (ws === undefined || ws.readyState !== WS_OPEN) return;
+    this.options.logger.debug({ sessionId: session.id }, 'pushwire: closing a slow consumer');
+    ws.close(1008, 'slow consumer');
+    // The close frame waits behind the unread data; a reader that stopped will not answer it.
+    setTimeout(() => ws.terminate(), 1000).unref();
+  }
+
+  #pingAll(): void {
+    for (const session of this.#sessions) {
+      const ws = session.ws;
+      if (ws === undefined) continue;
+      if (!session.alive) {
+        this.options.logger.debug({ sessionId: session.id }, 'pushwire: keepalive timeout');
+        ws.terminate();
+        continue;
+      }
+      session.alive = false;
+      try {
+        ws.ping();
+      } catch {
+        ws.terminate();
+      }
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Publish
+
+  /**
+   * Publishes events to the topic, each through the publish phase. Rejects
+   * with InvalidEventError (nothing published) or with a PubSubError once
+   * the backend failed every retry.
+   */
+  async publish(options: PublishOptions, events: PushEvent[]): Promise<void> {
+    if (this.#closing) throw new ServiceUnavailableError('The push middleware is closed');
+    const prepared = events.map((event) => this.#prepare(event));
+    if (this.#publishChain === undefined) {
+      await Promise.all(
+        prepared.map((p) =>
+          this.#send(p.subject, encodePublication({ topic: p.subject }, p.eventBytes)),
+        ),
+      );
+      return;
+    }
+    for (const p of prepared) {
+      const ctx: PublishContext = {
+        event: p.event,
+        publication: { topic: p.subject },
+        options,
+        subject: p.subject,
+        state: {},
+      };
+      await this.#publishChain(ctx, (c) =>
+        this.#send(c.subject, encodePublication(c.publication as PublicationHeaders, p.eventBytes)),
+      );
+    }
+  }
+
+  #prepare(event: PushEvent): PreparedEvent {
+    let timestamp: Date;
+    let entityBytes: Uint8Array;
+    try {
+      timestamp = normalizeTimestamp(event);
+      entityBytes = encodeEntity(event.entity);
+    } catch (error) {
+      const message =
+        error instanceof EventFormatError ? error.message : 'the entity cannot be encoded';
+      throw new InvalidEventError(message, { cause: error });
+    }
+    return {
+      event: { ...event, timestamp },
+      eventBytes: encodeMsgpackEvent(event.identity, event.type, entityBytes, timestamp),
+      subject: publicationSubject(
+        this.topic,
+        event.identity,
+        event.type,
+        this.options.subjectHierarchies,
+      ),
+    };
+  }
+
+  async #send(subject: string, bytes: Uint8Array): Promise<void> {
+    const retries = this.options.publishRetries;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.pubsub.publish(subject, bytes);
+        this.#stats.published++;
+        return;
+      } catch (error) {
+        // Before connect() there is nothing to wait for: fail at once with the backend's error.
+        if (error instanceof NotConnectedError || attempt >= retries) {
+          this.#stats.publishFailures++;
+          if (error instanceof NotConnectedError) throw error;
+          throw new PubSubError(
+            `publish failed after ${attempt + 1} attempts: ${(error as Error).message}`,
+            'PUSH_PUBLISH_FAILED',
+            { cause: error },
+          );
+        }
+        this.#stats.publishRetries++;
+        this.options.logger.debug(
+          { attempt: attempt + 1, err: describeError(error) },
+          'pushwire: publish failed, retrying',
+        );
+        await delay(this.options.publishRetryDelay * 2 ** attempt);
+      }
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Shutdown
+
+  /**
+   * Stops accepting sessions (503), unsubscribes, lets buffered frames flush
+   * within `closeTimeout`, closes every session with 1001 and resolves.
+   * Idempotent; never rejects.
+   */
+  close(): Promise<void> {
+    this.#closePromise ??= this.#close();
+    return this.#closePromise;
+  }
+
+  async #close(): Promise<void> {
+    this.#closing = true;
+    const deadline = Date.now() + this.options.closeTimeout;
+    const left = (): number => Math.max(0, deadline - Date.now());
+    if (this.#pingTimer) clearInterval(this.#pingTimer);
+    try {
+      await withTimeout(this.ready, left(), () => new Error('subscription still pending'));
+    } catch {
+      // Not subscribed: nothing to stop.
+    }
+    try {
+      await this.#unsubscribe?.();
+    } catch (error) {
+      this.options.logger.warn({ err: describeError(error) }, 'pushwire: unsubscribe failed');
+    }
+    // Events already received finish their dispatch (bounded by the deadline).
+    await withTimeout(this.#dispatchTail, left(), () => new Error('dispatch pending')).catch(
+      () => undefined,
+    );
+    this.#uncorkAll();
+    const sessions = [...this.#sessions];
+    await Promise.all(sessions.map((s) => this.#drain(s, left())));
+    await Promise.all(sessions.map((s) => this.#closeSession(s, left())));
+  }
+
+  #drain(session: ServerSession, ms: number): Promise<void> {
+    const socket = session.socket;
+    if (socket === undefined || socket.writableLength === 0 || !socket.writable) {
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        socket.off('drain', done);
+        socket.off('close', done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      socket.once('drain', done);
+      socket.once('close', done);
+    });
+  }
+
+  #closeSession(session: ServerSession, ms: number): Promise<void> {
+    const ws = session.ws;
+    if (ws === undefined || ws.readyState === 3) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        ws.terminate();
+        resolve();
+      }, ms);
+      ws.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      ws.close(1001, 'server shutting down');
+    });
+  }
+}

@@ -1,0 +1,248 @@
+/**
+ * One push session: what plugins see of it (bahamut's `Session`), its
+ * push config, its outbound buffer and its keepalive state.
+ */
+import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import type { PeerCertificate, TLSSocket } from 'node:tls';
+import type { WebSocket } from 'ws';
+import { MSGPACK_MEDIA_TYPE, type SessionEncodings } from './protocol/encoding.js';
+import type { PushEvent } from './protocol/event.js';
+import type { PushConfig } from './protocol/push-config.js';
+
+/** A session as plugins and the application see it. */
+export interface PushSession {
+  /** A unique id (a random UUID). */
+  readonly id: string;
+  /** The `token` query parameter, or '' when there is none. */
+  readonly token: string;
+  /** The first value of a parameter: the push config's parameters first, then the query. */
+  parameter(name: string): string | undefined;
+  /** Every value of a parameter: the push config's when it sets it, else the query's. */
+  parameters(name: string): readonly string[];
+  /** A request header (case-insensitive), as sent in the upgrade request. */
+  header(name: string): string | undefined;
+  /** A cookie of the upgrade request. */
+  cookie(name: string): string | undefined;
+  /** The claims as bahamut writes them: `key=value` strings. */
+  readonly claims: readonly string[];
+  /** The claims as a map (the last value of a repeated key wins). */
+  readonly claimsMap: Readonly<Record<string, string>>;
+  /** Replaces the claims (an auth plugin does this); each should be `key=value`. */
+  setClaims(claims: readonly string[]): void;
+  /** The last valid push config, if the client sent one. */
+  readonly pushConfig: PushConfig | undefined;
+  /** Application data attached by plugins. */
+  readonly metadata: unknown;
+  /** Attaches application data. */
+  setMetadata(metadata: unknown): void;
+  /** The client's address: the socket's, or the forwarded one when Express trusts the proxy. */
+  readonly clientIP: string;
+  /** The TLS peer certificate, when the client presented one. */
+  readonly peerCertificate: PeerCertificate | undefined;
+  /** When the session was created; older events are not sent to it. */
+  readonly startTime: Date;
+  /** Aborted when the session ends. */
+  readonly signal: AbortSignal;
+  /** The encodings it reads and writes. */
+  readonly encodings: SessionEncodings;
+  /** True while the WebSocket is open. */
+  readonly isOpen: boolean;
+  /** Events dropped because the client read too slowly. */
+  readonly droppedEvents: number;
+  /**
+   * Sends events to this session only, through steps 2 and 3 of dispatch
+   * (timestamp and push config) and its encoding, without the topic. Throws
+   * InvalidEventError for a malformed event; does nothing once closed.
+   */
+  directPush(...events: PushEvent[]): void;
+  /** Closes the session (default 1000; a plugin closing by policy uses 1008). */
+  close(code?: number, reason?: string): void;
+}
+
+/** Parses a Cookie header into a map; malformed pairs are skipped. */
+export function parseCookies(header: string | undefined): Map<string, string> {
+  const cookies = new Map<string, string>();
+  if (header === undefined) return cookies;
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq <= 0) continue;
+    const name = part.slice(0, eq).trim();
+    let value = part.slice(eq + 1).trim();
+    if (value.startsWith('"') && value.endsWith('"') && value.length >= 2)
+      value = value.slice(1, -1);
+    try {
+      value = decodeURIComponent(value);
+    } catch {
+      // Keep the raw value: a cookie that is not URI-encoded is still a cookie.
+    }
+    if (!cookies.has(name)) cookies.set(name, value);
+  }
+  return cookies;
+}
+
+/** Splits `key=value` claims into a map. */
+export function claimsToMap(claims: readonly string[]): Record<string, string> {
+  const map = Object.create(null) as Record<string, string>;
+  for (const claim of claims) {
+    const eq = claim.indexOf('=');
+    if (eq === -1) map[claim] = '';
+    else map[claim.slice(0, eq)] = claim.slice(eq + 1);
+  }
+  return map;
+}
+
+/** What a session needs from its server. */
+export interface SessionHost {
+  /** Sends events to one session (directPush). */
+  directPush(session: ServerSession, events: PushEvent[]): void;
+}
+
+/** What a session is built from, before the handshake. */
+export interface SessionInit {
+  id: string;
+  request: IncomingMessage;
+  query: URLSearchParams;
+  clientIP: string;
+  encodings: SessionEncodings;
+  host: SessionHost;
+}
+
+/** The server's side of a session. Not exported from the package: plugins see {@link PushSession}. */
+export class ServerSession implements PushSession {
+  readonly id: string;
+  readonly token: string;
+  readonly clientIP: string;
+  readonly startTime = new Date();
+  /** startTime in milliseconds, for the hot path. */
+  readonly startMs = this.startTime.getTime();
+  readonly encodings: SessionEncodings;
+  /** True when events are written as binary MessagePack frames. */
+  readonly binary: boolean;
+  readonly request: IncomingMessage;
+  readonly #query: URLSearchParams;
+  readonly #host: SessionHost;
+  readonly #abort = new AbortController();
+  #claims: readonly string[] = [];
+  #claimsMap: Record<string, string> = claimsToMap([]);
+  #metadata: unknown;
+  #cookies: Map<string, string> | undefined;
+
+  /** The last valid push config. */
+  config: PushConfig | undefined;
+  /** Section 4: after an invalid config (with enableErrors) the session gets nothing. */
+  errorState = false;
+  /** Keepalive: false after a ping until the pong arrives. */
+  alive = true;
+  /** Events dropped for this session because its client read too slowly. */
+  dropped = 0;
+  /** True while this session's socket is corked until the end of the turn. */
+  corked = false;
+  /** Pending async predicate checks, chained so one session's events stay in order. */
+  asyncTail: Promise<void> | undefined;
+  /** Set once the handshake completed. */
+  ws: WebSocket | undefined;
+  socket: Socket | undefined;
+  /** True from the handshake until the close. */
+  open = false;
+
+  constructor(init: SessionInit) {
+    this.id = init.id;
+    this.request = init.request;
+    this.#query = init.query;
+    this.#host = init.host;
+    this.clientIP = init.clientIP;
+    this.encodings = init.encodings;
+    this.binary = init.encodings.write === MSGPACK_MEDIA_TYPE;
+    this.token = init.query.get('token') ?? '';
+  }
+
+  parameter(name: string): string | undefined {
+    const fromConfig = this.config?.parameters[name];
+    if (fromConfig !== undefined) return fromConfig[0];
+    return this.#query.get(name) ?? undefined;
+  }
+
+  parameters(name: string): readonly string[] {
+    return this.config?.parameters[name] ?? this.#query.getAll(name);
+  }
+
+  header(name: string): string | undefined {
+    const value = this.request.headers[name.toLowerCase()];
+    return Array.isArray(value) ? value.join(', ') : value;
+  }
+
+  cookie(name: string): string | undefined {
+    this.#cookies ??= parseCookies(this.request.headers.cookie);
+    return this.#cookies.get(name);
+  }
+
+  get claims(): readonly string[] {
+    return this.#claims;
+  }
+
+  get claimsMap(): Readonly<Record<string, string>> {
+    return this.#claimsMap;
+  }
+
+  setClaims(claims: readonly string[]): void {
+    if (!Array.isArray(claims) || !claims.every((c) => typeof c === 'string')) {
+      throw new TypeError('claims must be a list of key=value strings');
+    }
+    this.#claims = Object.freeze([...claims]);
+    this.#claimsMap = claimsToMap(this.#claims);
+  }
+
+  get pushConfig(): PushConfig | undefined {
+    return this.config;
+  }
+
+  get metadata(): unknown {
+    return this.#metadata;
+  }
+
+  setMetadata(metadata: unknown): void {
+    this.#metadata = metadata;
+  }
+
+  get peerCertificate(): PeerCertificate | undefined {
+    const socket = this.request.socket as Partial<TLSSocket>;
+    if (typeof socket.getPeerCertificate !== 'function') return undefined;
+    const cert = socket.getPeerCertificate();
+    return cert && Object.keys(cert).length > 0 ? cert : undefined;
+  }
+
+  get signal(): AbortSignal {
+    return this.#abort.signal;
+  }
+
+  get isOpen(): boolean {
+    return this.open;
+  }
+
+  get droppedEvents(): number {
+    return this.dropped;
+  }
+
+  directPush(...events: PushEvent[]): void {
+    this.#host.directPush(this, events);
+  }
+
+  close(code = 1000, reason = ''): void {
+    if (this.ws === undefined) return;
+    // Close reasons must fit a control frame: 123 bytes.
+    const safeReason = Buffer.byteLength(reason) > 123 ? reason.slice(0, 60) : reason;
+    try {
+      this.ws.close(code, safeReason);
+    } catch {
+      // An invalid close code from a plugin: end the session anyway, with 1008.
+      this.ws.close(1008, safeReason);
+    }
+  }
+
+  /** Ends the session's signal; called once when the socket closes. */
+  abort(): void {
+    this.open = false;
+    this.#abort.abort();
+  }
+}
