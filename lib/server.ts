@@ -464,8 +464,8 @@ export class PushServer {
       return;
     }
     if (this.#dispatchChain === undefined) {
-      // The fast path: no plugin, no promise.
-      this.#fanOut(publication.event, NO_IDENTITIES, NO_PREDICATES, undefined);
+      // The fast path: no plugin, no predicate, so no promise is ever returned.
+      void this.#fanOut(publication.event, NO_IDENTITIES, NO_PREDICATES, undefined);
       return;
     }
     // Plugins may be async: events are dispatched one after the other to keep their order.
@@ -578,7 +578,7 @@ export class PushServer {
       }
       if (result === true) continue;
       if (result === false) return false;
-      if (result && typeof (result as Promise<boolean>).then === 'function') {
+      if (typeof (result as { then?: unknown } | null)?.then === 'function') {
         (asyncResults ??= []).push(
           Promise.resolve(result).then(
             (r) => r === true,
