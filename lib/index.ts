@@ -6,7 +6,7 @@
 export { pushMiddleware } from './middleware.js';
 export type { PushMiddleware, ExpressWsInstance } from './middleware.js';
 export type { PushOptions, SlowConsumerPolicy } from './options.js';
-export type { PushStats } from './server.js';
+export type { PushStats, DispatchInfo } from './server.js';
 export type { PushSession } from './session.js';
 export type { Logger } from './logger.js';
 

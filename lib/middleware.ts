@@ -25,7 +25,7 @@ import { describeError } from './logger.js';
 import { resolveOptions, type PushOptions } from './options.js';
 import type { PushEvent } from './protocol/event.js';
 import type { PubSubClient } from './pubsub/contract.js';
-import { PushServer, type PushStats } from './server.js';
+import { PushServer, type DispatchInfo, type PushStats } from './server.js';
 import type { PushSession } from './session.js';
 import type { Plugin } from './chain.js';
 
@@ -56,6 +56,14 @@ export interface PushMiddleware {
   sessions(): PushSession[];
   /** Counters since start. */
   stats(): PushStats;
+  /**
+   * Calls `listener` after each event's fan-out with its counts and
+   * duration (for metrics; nothing is measured while no listener is set).
+   * A throw is logged and ignored. Returns a function that removes it.
+   */
+  onDispatch(listener: (info: DispatchInfo) => void): () => void;
+  /** The pub/sub backend it was created with (metrics read its `status`). */
+  readonly pubsub: PubSubClient;
   /** Resolves once subscribed to the topic; rejects with the backend's error. */
   readonly ready: Promise<void>;
   /** Closes every session with 1001 after a bounded flush, unsubscribes; idempotent. */
@@ -107,7 +115,15 @@ function stackOf(handler: unknown): LayerLike[] | undefined {
     return Array.isArray(h._router?.stack) ? (h._router.stack as LayerLike[]) : undefined;
   const descriptor = Object.getOwnPropertyDescriptor(h, 'router');
   if (descriptor?.get || descriptor?.value) {
-    const router = h.router as { stack?: unknown } | undefined;
+    let router: { stack?: unknown } | undefined;
+    try {
+      router = h.router as { stack?: unknown } | undefined;
+    } catch {
+      // An Express 4 app with no route yet (no `_router`), mounted on a router, which does not
+      // wrap it: its `router` getter throws, and a throw here would be an uncaught exception
+      // in the HTTP server's 'upgrade' listener. It has no stack to walk.
+      return undefined;
+    }
     if (Array.isArray(router?.stack)) return router.stack as LayerLike[];
   }
   return undefined;
@@ -224,10 +240,12 @@ export function pushMiddleware(
         if (!(error instanceof PushError)) {
           logger.error({ err: describeError(error) }, 'pushwire: session phase failed');
         }
-        server.recordRefusal(refusal.status, req, error);
+        // Counted only if still pending: an attempt already answered 503 by the timeout, or whose
+        // client left, was counted then; a late answer from a plugin must not count it twice.
         if (pending.settled) return;
         pending.settled = true;
         clearTimeout(pending.timer);
+        server.recordRefusal(refusal.status, req, error);
         writeRefusal(res, refusal);
       },
     );
@@ -316,7 +334,15 @@ export function pushMiddleware(
     res.shouldKeepAlive = false;
     res.assignSocket(socket as Socket);
     // Once a refusal (ours or a middleware's) is written, the connection is done.
-    res.on('finish', () => socket.end());
+    res.on('finish', () => {
+      // A middleware mounted before the endpoint answered (a rate limiter's 429): still a refusal.
+      if (!pending.settled) {
+        pending.settled = true;
+        clearTimeout(pending.timer);
+        server.recordRefusal(res.statusCode, req, new Error('answered by an Express middleware'));
+      }
+      socket.end();
+    });
     const pending: PendingUpgrade = { server, socket, head, wss, settled: false, timer: undefined };
     if (options.sessionTimeout > 0) {
       pending.timer = setTimeout(() => {
@@ -329,8 +355,16 @@ export function pushMiddleware(
       pending.timer.unref();
     }
     socket.once('close', () => {
+      // Neither accepted nor refused yet: the client went away mid-handshake.
+      if (!pending.settled) server.recordAbandoned(req);
       pending.settled = true;
       clearTimeout(pending.timer);
+    });
+    // The HTTP server's sockets allow half-open connections, so a client that leaves during a
+    // slow session phase only ends its side and 'close' would wait for the plugins (or the
+    // timeout). A WebSocket client never half-closes mid-handshake: end the attempt at once.
+    socket.once('end', () => {
+      if (!pending.settled) socket.destroy();
     });
     req[kUpgrade] = pending;
     try {
@@ -346,6 +380,9 @@ export function pushMiddleware(
     server.publish(opts ?? {}, events);
   handler.sessions = () => server.sessions();
   handler.stats = () => server.stats();
+  handler.onDispatch = (listener) => server.onDispatch(listener);
+  // Exposed so that plugins on the public API (metrics) can follow the backend's state.
+  Object.defineProperty(handler, 'pubsub', { value: pubsub, enumerable: true });
   handler.close = () => server.close().then(() => wss.close());
   Object.defineProperty(handler, 'ready', { value: server.ready, enumerable: true });
   Object.defineProperty(handler, 'endpoint', { value: options.endpoint, enumerable: true });

@@ -21,6 +21,14 @@ export interface PushOptions {
   allowedOrigins?: readonly string[] | ((origin: string) => boolean);
   /** Largest client message in bytes; larger closes with 1009. Default 64 KiB. */
   maxPayload?: number;
+  /**
+   * Push-config messages a session may send per second (a fixed one-second
+   * window): each one is decoded and may compile filters, so a client must
+   * not make the server do it without bound. Past it the message is ignored
+   * and, with `enableErrors`, the client gets one error event (429) per
+   * window; without it the session is closed with 1008. 0 disables. Default 10.
+   */
+  maxConfigsPerSecond?: number;
   /** Milliseconds between keepalive pings; 0 disables. Default 30,000. */
   pingInterval?: number;
   /** Bytes a session may have waiting to be written before the slow-consumer policy applies. Default 1 MiB. */
@@ -48,6 +56,7 @@ export interface ResolvedOptions {
   subjectHierarchies: boolean;
   allowedOrigins: ((origin: string) => boolean) | undefined;
   maxPayload: number;
+  maxConfigsPerSecond: number;
   pingInterval: number;
   maxBufferedBytes: number;
   slowConsumerPolicy: SlowConsumerPolicy;
@@ -97,6 +106,7 @@ export function resolveOptions(handlers: Plugin[] | PushOptions | undefined): Re
     subjectHierarchies: options.subjectHierarchies === true,
     allowedOrigins,
     maxPayload: nonNegative('maxPayload', options.maxPayload, 64 * 1024),
+    maxConfigsPerSecond: nonNegative('maxConfigsPerSecond', options.maxConfigsPerSecond, 10),
     pingInterval: nonNegative('pingInterval', options.pingInterval, 30_000),
     maxBufferedBytes: nonNegative('maxBufferedBytes', options.maxBufferedBytes, 1024 * 1024),
     slowConsumerPolicy: policy,

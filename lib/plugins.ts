@@ -3,18 +3,33 @@
  * so that a custom plugin is a few lines.
  */
 import type { DispatchContext, Plugin, PublishContext } from './chain.js';
-import { ForbiddenError, PushError, UnauthorizedError } from './errors.js';
+import { ForbiddenError, PushError, UnauthorizedError, type PushErrorOptions } from './errors.js';
 import type { PushEvent, WireEvent } from './protocol/event.js';
 import type { PushSession } from './session.js';
 
 /** bahamut's AuthAction: `ok` accepts, `ko` refuses with 401, `continue` asks the next plugin. */
 export type AuthAction = 'ok' | 'ko' | 'continue';
 
-/** Wraps a thrown value as a PushError of the phase's default status. */
-function asRefusal(error: unknown, make: (message: string) => PushError): PushError {
+/**
+ * Wraps a thrown value as a PushError of the phase's default status. The
+ * thrown value is kept as the cause so that logs show the plugin's own
+ * stack; a value with no message (`new Error()`, `undefined`) gets the
+ * phase's default description rather than `"Error"` or `"undefined"`.
+ */
+function asRefusal(
+  error: unknown,
+  make: (message: string | undefined, options: PushErrorOptions) => PushError,
+): PushError {
   if (error instanceof PushError) return error;
-  const message = error instanceof Error && error.message !== '' ? error.message : String(error);
-  return make(message);
+  const message =
+    error instanceof Error
+      ? error.message
+      : typeof error === 'string'
+        ? error
+        : error === undefined || error === null
+          ? ''
+          : String(error);
+  return make(message === '' ? undefined : message, { cause: error });
 }
 
 /**
@@ -37,7 +52,7 @@ export function authPlugin(
       try {
         action = await authenticate(ctx.session);
       } catch (error) {
-        throw asRefusal(error, (m) => new UnauthorizedError(m));
+        throw asRefusal(error, (m, o) => new UnauthorizedError(m, o));
       }
       if (action === 'ko') throw new UnauthorizedError();
       if (action === 'ok') ctx.authenticated = true;
@@ -65,7 +80,7 @@ export function initPlugin(
       try {
         ok = await init(ctx.session);
       } catch (error) {
-        throw asRefusal(error, (m) => new ForbiddenError(m));
+        throw asRefusal(error, (m, o) => new ForbiddenError(m, o));
       }
       if (ok !== true) throw new ForbiddenError();
       return next();
@@ -91,17 +106,33 @@ export function dispatchPlugin<S = unknown>(
   handlers: DispatchHandlers<S>,
   name = 'dispatch',
 ): Plugin {
-  const { summarizeEvent, relatedIdentities, shouldDispatch } = handlers;
+  if (handlers === null || typeof handlers !== 'object') {
+    throw new TypeError('dispatchPlugin needs an object of handlers');
+  }
+  // Checked here, like the other helpers do, so that a typo fails at startup
+  // rather than dropping every event at dispatch time.
+  for (const key of ['summarizeEvent', 'relatedIdentities', 'shouldDispatch'] as const) {
+    if (handlers[key] !== undefined && typeof handlers[key] !== 'function') {
+      throw new TypeError(`dispatchPlugin: ${key} must be a function`);
+    }
+  }
+  // Called as methods of `handlers` (not destructured): a class implementing
+  // bahamut's PushDispatchHandler reads its own fields through `this`.
   return {
     name,
     async dispatch(ctx: DispatchContext, next) {
-      const summary = (summarizeEvent ? await summarizeEvent(ctx.event) : undefined) as S;
-      if (relatedIdentities) {
-        for (const identity of relatedIdentities(ctx.event)) ctx.relatedIdentities.push(identity);
+      const summary = (
+        handlers.summarizeEvent ? await handlers.summarizeEvent(ctx.event) : undefined
+      ) as S;
+      if (handlers.relatedIdentities) {
+        for (const identity of handlers.relatedIdentities(ctx.event)) {
+          ctx.relatedIdentities.push(identity);
+        }
       }
+      const shouldDispatch = handlers.shouldDispatch;
       if (shouldDispatch) {
         const event = ctx.event;
-        ctx.predicates.push((session) => shouldDispatch(session, event, summary));
+        ctx.predicates.push((session) => shouldDispatch.call(handlers, session, event, summary));
       }
       return next();
     },

@@ -25,6 +25,7 @@ import {
   PubSubError,
   PushError,
   ServiceUnavailableError,
+  TooManyRequestsError,
 } from './errors.js';
 import { buildFrame, buildTextFrame } from './frame.js';
 import { describeError } from './logger.js';
@@ -63,10 +64,18 @@ const NO_PREDICATES: readonly DispatchPredicate[] = [];
 export interface PushStats {
   /** Sessions open now. */
   sessionsOpen: number;
+  /**
+   * Sessions open now, by the media type they receive events in (kept as
+   * counters at start and close so that a metrics scrape costs no walk over
+   * the sessions).
+   */
+  sessionsByEncoding: Record<string, number>;
   /** Sessions accepted (handshake completed). */
   sessionsAccepted: number;
   /** Connection attempts refused, by HTTP status. */
   sessionsRefused: Record<number, number>;
+  /** Connection attempts whose client went away before the handshake completed or was refused. */
+  sessionsAbandoned: number;
   /** Sessions closed, by close code. */
   sessionsClosed: Record<number, number>;
   /** Publications received from the topic. */
@@ -89,6 +98,19 @@ export interface PushStats {
   publishRetries: number;
   /** Publishes that failed every attempt. */
   publishFailures: number;
+}
+
+/**
+ * What one event's dispatch did on this server, reported to
+ * `onDispatch` listeners (metrics) once its fan-out has ended.
+ */
+export interface DispatchInfo extends DispatchStats {
+  /**
+   * Seconds from receiving the event from the topic to the end of its
+   * fan-out (the last write; with dispatch plugins, when their chain
+   * finished), including the wait behind earlier events.
+   */
+  durationSeconds: number;
 }
 
 function increment(map: Record<number, number>, key: number): void {
@@ -128,16 +150,23 @@ interface PreparedEvent {
 class EventFrames {
   #json: Buffer | undefined;
   #msgpack: Buffer | undefined;
+  // Why per encoding: an entity that does not decode fails only the JSON frame (MessagePack
+  // sessions get the publisher's bytes as they are); remembering it tries the decode once.
+  #jsonFailed = false;
+  #msgpackFailed = false;
   failed = false;
   constructor(private readonly event: WireEvent) {}
 
-  /** The frame for a session, or undefined when the event cannot be encoded. */
+  /** The frame for a session, or undefined when the event cannot be encoded in its encoding. */
   for(binary: boolean): Buffer | undefined {
+    if (binary ? this.#msgpackFailed : this.#jsonFailed) return undefined;
     try {
       if (binary) return (this.#msgpack ??= buildFrame(this.event.toMsgpack(), true));
       return (this.#json ??= buildTextFrame(this.event.toJson()));
     } catch {
       this.failed = true;
+      if (binary) this.#msgpackFailed = true;
+      else this.#jsonFailed = true;
       return undefined;
     }
   }
@@ -154,8 +183,10 @@ export class PushServer {
   readonly #sessions = new Set<ServerSession>();
   readonly #stats: PushStats = {
     sessionsOpen: 0,
+    sessionsByEncoding: {},
     sessionsAccepted: 0,
     sessionsRefused: {},
+    sessionsAbandoned: 0,
     sessionsClosed: {},
     eventsReceived: 0,
     eventsUndecodable: 0,
@@ -179,10 +210,14 @@ export class PushServer {
     | ((ctx: PublishContext, last: (ctx: PublishContext) => Promise<void>) => Promise<void>)
     | undefined;
   #dispatchTail: Promise<void> = Promise.resolve();
+  /** onDispatch listeners; replaced, never mutated, so a report loop sees a stable list. Empty: no clock read per event. */
+  #dispatchListeners: readonly ((info: DispatchInfo) => void)[] = [];
   #unsubscribe: Unsubscribe | undefined;
   #closing = false;
   #closePromise: Promise<void> | undefined;
   #pingTimer: NodeJS.Timeout | undefined;
+  /** When the last ping round ran (performance.now()), to notice a stalled event loop. */
+  #lastPingAt = performance.now();
   #corked: ServerSession[] = [];
   #uncorkScheduled = false;
 
@@ -227,9 +262,40 @@ export class PushServer {
     return {
       ...this.#stats,
       sessionsOpen: this.#sessions.size,
+      sessionsByEncoding: { ...this.#stats.sessionsByEncoding },
       sessionsRefused: { ...this.#stats.sessionsRefused },
       sessionsClosed: { ...this.#stats.sessionsClosed },
     };
+  }
+
+  /**
+   * Calls `listener` after the fan-out of each event received from the
+   * topic (not for an event dropped by a failing dispatch plugin). A throw
+   * is logged and ignored. Returns a function that removes the listener.
+   */
+  onDispatch(listener: (info: DispatchInfo) => void): () => void {
+    if (typeof listener !== 'function') throw new TypeError('onDispatch takes a function');
+    this.#dispatchListeners = [...this.#dispatchListeners, listener];
+    return () => {
+      this.#dispatchListeners = this.#dispatchListeners.filter((l) => l !== listener);
+    };
+  }
+
+  #reportDispatch(receivedAt: number, stats: DispatchStats): void {
+    const info: DispatchInfo = {
+      durationSeconds: (performance.now() - receivedAt) / 1000,
+      considered: stats.considered,
+      sent: stats.sent,
+      filtered: stats.filtered,
+      dropped: stats.dropped,
+    };
+    for (const listener of this.#dispatchListeners) {
+      try {
+        listener(info);
+      } catch (error) {
+        this.options.logger.warn({ err: describeError(error) }, 'pushwire: onDispatch threw');
+      }
+    }
   }
 
   /** The open sessions. */
@@ -251,6 +317,15 @@ export class PushServer {
     this.options.logger.debug(
       { status, clientIP: request.socket.remoteAddress, err: describeError(error) },
       'pushwire: session refused',
+    );
+  }
+
+  /** Counts an attempt whose client left mid-handshake (so that every attempt is accounted for). */
+  recordAbandoned(request: IncomingMessage): void {
+    this.#stats.sessionsAbandoned++;
+    this.options.logger.debug(
+      { clientIP: request.socket.remoteAddress },
+      'pushwire: client left before the handshake completed',
     );
   }
 
@@ -325,6 +400,9 @@ export class PushServer {
     session.open = true;
     this.#sessions.add(session);
     this.#stats.sessionsAccepted++;
+    // Kept per encoding here (and in #onClose) so that metrics never walk the sessions.
+    const byEncoding = this.#stats.sessionsByEncoding;
+    byEncoding[session.encodings.write] = (byEncoding[session.encodings.write] ?? 0) + 1;
     const enableErrors = new URL(session.request.url ?? '/', 'http://localhost').searchParams.has(
       'enableErrors',
     );
@@ -368,6 +446,8 @@ export class PushServer {
     if (!this.#sessions.delete(session)) return;
     session.abort();
     increment(this.#stats.sessionsClosed, code);
+    this.#stats.sessionsByEncoding[session.encodings.write] =
+      (this.#stats.sessionsByEncoding[session.encodings.write] ?? 1) - 1;
     this.options.logger.debug(
       { sessionId: session.id, code, reason, dropped: session.dropped },
       'pushwire: session closed',
@@ -387,6 +467,25 @@ export class PushServer {
     _isBinary: boolean,
     enableErrors: boolean,
   ): void {
+    // Decoding a config and compiling its filters costs CPU: bound how often a client can ask.
+    const limit = this.options.maxConfigsPerSecond;
+    if (limit > 0) {
+      const now = Date.now();
+      if (now - session.configWindowStart >= 1000) {
+        session.configWindowStart = now;
+        session.configCount = 0;
+      }
+      if (++session.configCount > limit) {
+        this.options.logger.debug({ sessionId: session.id }, 'pushwire: push config rate exceeded');
+        if (!enableErrors) session.close(1008, 'too many push configs');
+        else if (session.configCount === limit + 1) {
+          // One error event per window: answering every excess message would amplify the flood.
+          const message = `More than ${limit} push configs per second; this one was ignored`;
+          this.#sendError(session, new TooManyRequestsError(message, { data: { limit } }));
+        }
+        return;
+      }
+    }
     const bytes = Array.isArray(data)
       ? Buffer.concat(data)
       : data instanceof ArrayBuffer
@@ -452,9 +551,15 @@ export class PushServer {
   #onPayload(payload: Uint8Array): void {
     if (this.#closing) return;
     this.#stats.eventsReceived++;
+    // The clock is read only for onDispatch listeners (metrics): unused, it costs nothing.
+    const receivedAt = this.#dispatchListeners.length > 0 ? performance.now() : -1;
     let publication: DecodedPublication;
     try {
-      publication = decodePublication(payload);
+      // The decoded event keeps views into `payload` (entity bytes, forwarded MessagePack), and
+      // a backend may reuse its buffer once this handler returns: the async path works on a copy.
+      publication = decodePublication(
+        this.#dispatchChain === undefined ? payload : Uint8Array.prototype.slice.call(payload),
+      );
     } catch (error) {
       this.#stats.eventsUndecodable++;
       this.options.logger.warn(
@@ -465,14 +570,21 @@ export class PushServer {
     }
     if (this.#dispatchChain === undefined) {
       // The fast path: no plugin, no predicate, so no promise is ever returned.
-      void this.#fanOut(publication.event, NO_IDENTITIES, NO_PREDICATES, undefined);
+      if (receivedAt < 0) {
+        void this.#fanOut(publication.event, NO_IDENTITIES, NO_PREDICATES, undefined);
+        return;
+      }
+      const stats: DispatchStats = { considered: 0, sent: 0, filtered: 0, dropped: 0 };
+      void this.#fanOut(publication.event, NO_IDENTITIES, NO_PREDICATES, stats);
+      this.#reportDispatch(receivedAt, stats);
       return;
     }
     // Plugins may be async: events are dispatched one after the other to keep their order.
-    this.#dispatchTail = this.#dispatchTail.then(() => this.#runDispatch(publication));
+    this.#dispatchTail = this.#dispatchTail.then(() => this.#runDispatch(publication, receivedAt));
   }
 
-  async #runDispatch(publication: DecodedPublication): Promise<void> {
+  /** `receivedAt`: performance.now() when the payload arrived, or -1 when nobody listens to onDispatch. */
+  async #runDispatch(publication: DecodedPublication, receivedAt: number): Promise<void> {
     const { event, ...headers } = publication;
     const ctx: DispatchContext = {
       event,
@@ -487,15 +599,16 @@ export class PushServer {
     if (chain === undefined) return;
     try {
       await withTimeout(
+        // Not skipped while closing: close() waits for this queue so that events received
+        // before it are delivered (issue 9); past closeTimeout, writes to closing sockets are no-ops.
         chain(ctx, (c) =>
-          abandoned || this.#closing
-            ? undefined
-            : this.#fanOut(c.event, c.relatedIdentities, c.predicates, c.stats),
+          abandoned ? undefined : this.#fanOut(c.event, c.relatedIdentities, c.predicates, c.stats),
         ),
         this.options.dispatchTimeout,
         () =>
           new Error(`dispatch plugins did not finish within ${this.options.dispatchTimeout} ms`),
       );
+      if (receivedAt >= 0) this.#reportDispatch(receivedAt, ctx.stats);
     } catch (error) {
       abandoned = true;
       this.#stats.dispatchErrors++;
@@ -541,7 +654,9 @@ export class PushServer {
       }
       if (verdict === true && session.asyncTail === undefined) {
         const frame = frames.for(session.binary);
-        if (frame === undefined) break;
+        // Skip only this session: a `break` here made the sessions of the other encoding
+        // get the event or not depending on the order sessions happened to connect in.
+        if (frame === undefined) continue;
         this.#write(session, frame, stats);
         continue;
       }
@@ -633,6 +748,12 @@ export class PushServer {
     if (socket === undefined || ws === undefined || ws.readyState !== WS_OPEN || !socket.writable) {
       return;
     }
+    if (session.corked && socket.writableLength > this.options.maxBufferedBytes) {
+      // What is corked in this turn is not the client's backlog: hand it to the kernel before
+      // measuring, or a burst larger than the bound is dropped even for a client reading at once.
+      socket.uncork();
+      socket.cork();
+    }
     if (socket.writableLength > this.options.maxBufferedBytes) {
       session.dropped++;
       this.#stats.dropped++;
@@ -674,10 +795,23 @@ export class PushServer {
   }
 
   #pingAll(): void {
+    // A round that runs late means this process stalled (a blocked event loop), not the clients:
+    // their pongs may be waiting unread in the socket buffers, since timers run before I/O. Nobody
+    // is judged on such a round; everyone is pinged again and judged on the next one.
+    const now = performance.now();
+    const elapsed = now - this.#lastPingAt;
+    const stalled = elapsed > this.options.pingInterval * 1.5;
+    this.#lastPingAt = now;
+    if (stalled) {
+      this.options.logger.warn(
+        { lateMs: Math.round(elapsed - this.options.pingInterval) },
+        'pushwire: keepalive round ran late (event loop blocked); no session terminated this round',
+      );
+    }
     for (const session of this.#sessions) {
       const ws = session.ws;
       if (ws === undefined) continue;
-      if (!session.alive) {
+      if (!session.alive && !stalled) {
         this.options.logger.debug({ sessionId: session.id }, 'pushwire: keepalive timeout');
         ws.terminate();
         continue;
@@ -705,7 +839,7 @@ export class PushServer {
     if (this.#publishChain === undefined) {
       await Promise.all(
         prepared.map((p) =>
-          this.#send(p.subject, encodePublication({ topic: p.subject }, p.eventBytes)),
+          this.#send(p.subject, encodePublication(this.#headers(p.subject, options), p.eventBytes)),
         ),
       );
       return;
@@ -713,7 +847,7 @@ export class PushServer {
     for (const p of prepared) {
       const ctx: PublishContext = {
         event: p.event,
-        publication: { topic: p.subject },
+        publication: this.#headers(p.subject, options),
         options,
         subject: p.subject,
         state: {},
@@ -722,6 +856,16 @@ export class PushServer {
         this.#send(c.subject, encodePublication(c.publication as PublicationHeaders, p.eventBytes)),
       );
     }
+  }
+
+  /**
+   * The envelope's headers for a publication. Why: `publishWith({ trackingName })` is
+   * documented as the publication's trackingName, but it never reached the envelope.
+   */
+  #headers(subject: string, options: PublishOptions): PublicationHeaders {
+    const headers: PublicationHeaders = { topic: subject };
+    if (typeof options.trackingName === 'string') headers.trackingName = options.trackingName;
+    return headers;
   }
 
   #prepare(event: PushEvent): PreparedEvent {
@@ -809,8 +953,15 @@ export class PushServer {
     );
     this.#uncorkAll();
     const sessions = [...this.#sessions];
-    await Promise.all(sessions.map((s) => this.#drain(s, left())));
-    await Promise.all(sessions.map((s) => this.#closeSession(s, left())));
+    // Each session is closed as soon as its own buffer drained: a client that stopped reading
+    // must not use up the deadline of the others, which would then be terminated (1006)
+    // instead of getting their 1001 close handshake.
+    await Promise.all(
+      sessions.map(async (s) => {
+        await this.#drain(s, left());
+        await this.#closeSession(s, left());
+      }),
+    );
   }
 
   #drain(session: ServerSession, ms: number): Promise<void> {
@@ -835,10 +986,9 @@ export class PushServer {
     const ws = session.ws;
     if (ws === undefined || ws.readyState === 3) return Promise.resolve();
     return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        ws.terminate();
-        resolve();
-      }, ms);
+      // On timeout, terminate and still wait for 'close': it unregisters the session, so that
+      // close() resolves with no session left (terminate destroys the socket; 'close' follows).
+      const timer = setTimeout(() => ws.terminate(), ms);
       ws.once('close', () => {
         clearTimeout(timer);
         resolve();

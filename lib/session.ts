@@ -132,6 +132,9 @@ export class ServerSession implements PushSession {
   config: PushConfig | undefined;
   /** Section 4: after an invalid config (with enableErrors) the session gets nothing. */
   errorState = false;
+  /** maxConfigsPerSecond: when the current one-second window started (ms), and configs counted in it. */
+  configWindowStart = 0;
+  configCount = 0;
   /** Keepalive: false after a ping until the pong arrives. */
   alive = true;
   /** Events dropped for this session because its client read too slowly. */

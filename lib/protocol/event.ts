@@ -115,6 +115,8 @@ export class WireEvent {
   readonly #msgpackBytes: Uint8Array | undefined;
   #entity: unknown;
   #entityDecoded = false;
+  /** Why the entity did not decode: kept so that a bad entity is decoded once, not once per session. */
+  #entityError: EventFormatError | undefined;
   #entityJson: string | undefined;
 
   constructor(init: {
@@ -144,6 +146,9 @@ export class WireEvent {
    */
   get entity(): unknown {
     if (!this.#entityDecoded) {
+      // The failure is cached too: every session with a filter reads the
+      // entity, and an undecodable one must not be decoded again for each.
+      if (this.#entityError !== undefined) throw this.#entityError;
       const bytes = this.#entityBytes as Uint8Array;
       try {
         this.#entity =
@@ -151,7 +156,10 @@ export class WireEvent {
             ? decode(bytes)
             : JSON.parse(new TextDecoder().decode(bytes));
       } catch (error) {
-        throw new EventFormatError(`the entity does not decode: ${(error as Error).message}`);
+        this.#entityError = new EventFormatError(
+          `the entity does not decode: ${(error as Error).message}`,
+        );
+        throw this.#entityError;
       }
       this.#entityDecoded = true;
     }
@@ -167,6 +175,10 @@ export class WireEvent {
   toJson(): string {
     if (this.#entityJson === undefined) {
       if (this.entityEncoding === JSON_MEDIA_TYPE && this.#entityBytes !== undefined) {
+        // The publisher's text is spliced into the event as it is, so it must
+        // be one JSON value: reading `entity` parses it (once) and throws when
+        // it is not, rather than sending clients broken JSON or extra keys.
+        void this.entity;
         this.#entityJson = new TextDecoder().decode(this.#entityBytes);
       } else {
         this.#entityJson = JSON.stringify(this.entity) ?? 'null';
@@ -241,8 +253,14 @@ export function decodeMsgpackEvent(bytes: Uint8Array): WireEvent {
       timestamp,
       entityEncoding,
       entityBytes: entity,
-      // Forwarding the publisher's bytes is only right when they already say MessagePack.
-      ...(entityEncoding === MSGPACK_MEDIA_TYPE ? { msgpackBytes: bytes } : {}),
+      // Forwarding the publisher's bytes is only right when they are already
+      // section 3: the encoding says MessagePack and the timestamp is the
+      // extension -1 (a string or a number of milliseconds is read, but would
+      // reach clients as it is). Otherwise the envelope is re-encoded, still
+      // from the entity bytes, without decoding them.
+      ...(map.encoding === MSGPACK_MEDIA_TYPE && map.timestamp instanceof Date
+        ? { msgpackBytes: bytes }
+        : {}),
     });
   }
   // Some publishers nest the entity as a map instead of a bin: accept it, re-encode on send.

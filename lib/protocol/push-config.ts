@@ -115,12 +115,12 @@ export class PushConfig {
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {
-  return (
-    value !== null &&
-    typeof value === 'object' &&
-    !Array.isArray(value) &&
-    !(value instanceof Uint8Array)
-  );
+  if (value === null || typeof value !== 'object') return false;
+  // Only a map decodes to a plain object: a MessagePack timestamp decodes to
+  // a Date, a bin to a Uint8Array, an unknown extension to an ExtData; none
+  // of them is a push config (a Date has no keys and passed as `{}`).
+  const proto: unknown = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
 }
 
 /**

@@ -6,19 +6,26 @@
  * server encodes and decodes the publication envelope of PROTOCOL.md
  * section 8). Subjects are dot-separated (`events`, `events.task.create`).
  *
- * - `connect()` connects; it is idempotent (a second call returns the same
- *   promise) and rejects with a {@link PubSubError} (code
- *   `PUSH_PUBSUB_UNREACHABLE`) when the broker cannot be reached and the
- *   backend is not configured to wait for it.
+ * - `connect()` connects; it is idempotent (calls while connecting or
+ *   connected resolve when the connection is up) and rejects with a
+ *   {@link PubSubError} (code `PUSH_PUBSUB_UNREACHABLE`) when the broker
+ *   cannot be reached and the backend is not configured to wait for it; a
+ *   rejected `connect()` may be called again.
  * - `publish(subject, payload)` sends `payload` to every subscriber of
  *   `subject` on every server. It rejects with {@link NotConnectedError}
  *   before `connect()` resolved or after `disconnect()`, and with a
- *   {@link PubSubError} when the broker refuses or is unreachable. The server
+ *   {@link PubSubError} when the broker refuses or is unreachable (code
+ *   `PUSH_PUBSUB_UNREACHABLE` during an outage: backends do not buffer
+ *   publications while disconnected). The caller must not change `payload`
+ *   after the call. The server
  *   retries a rejected publish (option `publishRetries`). A resolved publish
  *   is handed to the broker; delivery is at most once, as with bahamut.
  * - `subscribe(subject, handler)` calls `handler(payload, subject)` for every
  *   payload published to `subject` after the subscription is active (the
  *   returned promise resolved), in the order one publisher published them.
+ *   Call it after `connect()` resolved (the broker backends reject before).
+ *   The payload may be a view into a driver's buffer: a handler that keeps
+ *   it past the call must copy it.
  *   A subject whose last token is `>` (`events.>`) matches every subject of
  *   one or more tokens under that prefix, as in NATS. The handler is
  *   synchronous and must not throw (a backend catches and reports a throw

@@ -1,0 +1,599 @@
+/**
+ * The push client: one logical session over as many WebSockets as it takes.
+ * It connects, resends its push config on every (re)connection, decodes
+ * events in either encoding, reconnects with backoff, and stops for good on
+ * a 401/403 refusal or an explicit close(). Standard APIs only (WebSocket,
+ * fetch, URL, TextDecoder), so the same code runs in browsers and in Node;
+ * what differs per platform (the WebSocket class, how a refusal is read)
+ * comes in through {@link Transport}.
+ */
+import {
+  backoffDelay,
+  realScheduler,
+  DEFAULT_MAX_DELAY,
+  DEFAULT_MIN_DELAY,
+  type Scheduler,
+} from './backoff.js';
+import { PushConfigError, PushRefusedError, type ErrorObject } from './errors.js';
+import {
+  decodeEvent,
+  encodeConfig,
+  type PushConfig,
+  type PushEncoding,
+  type ReceivedEvent,
+} from './protocol.js';
+
+/**
+ * What the client needs of a WebSocket: the standard API, as browsers, Node
+ * 22+ and the `ws` package implement it. The handlers are typed `unknown`
+ * so that any of those classes is accepted as it is.
+ */
+export interface WebSocketLike {
+  binaryType: string;
+  readonly readyState: number;
+  send(data: string | Uint8Array): void;
+  close(code?: number, reason?: string): void;
+  onopen: unknown;
+  onmessage: unknown;
+  onclose: unknown;
+  onerror: unknown;
+}
+
+/** A WebSocket class: `globalThis.WebSocket`, or `ws`'s default export. */
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** The handlers the client sets, typed as it uses them. */
+interface SocketHandlers {
+  onopen: () => void;
+  onmessage: (event: { data: unknown }) => void;
+  onclose: (event: { code: number; reason: string }) => void;
+  onerror: () => void;
+}
+
+/** The client's state; see {@link PushClient.state}. */
+export type PushClientState = 'connecting' | 'open' | 'reconnecting' | 'refused' | 'closed';
+
+/** Payload of `open`. */
+export interface OpenInfo {
+  /** Failed attempts since the last healthy connection (0 on a first connection). */
+  retries: number;
+}
+
+/** Payload of `close`: one WebSocket ended. */
+export interface CloseInfo {
+  /** The close code (1006 when the connection failed or dropped without a close frame). */
+  code: number;
+  reason: string;
+  /** False when the socket never opened: a network failure or a refused handshake. */
+  opened: boolean;
+  /** True when the client will try again after a delay (a `reconnecting` follows). */
+  willReconnect: boolean;
+}
+
+/** Payload of `reconnecting`. */
+export interface ReconnectInfo {
+  /** The number of this retry since the last healthy connection, from 1. */
+  attempt: number;
+  /** Milliseconds until the attempt starts. */
+  delay: number;
+}
+
+/** The events of {@link PushClient.on} and their payloads. */
+export interface PushClientEventMap {
+  /** An event from the server, entity decoded. */
+  event: ReceivedEvent;
+  /**
+   * Something went wrong: PushRefusedError (each refused handshake),
+   * PushConfigError (the server rejected the push config), PushDecodeError
+   * (a message skipped), or what a `token` function threw.
+   */
+  error: Error;
+  /** A WebSocket opened; the push config, if any, has just been sent. */
+  open: OpenInfo;
+  /** A WebSocket ended (or failed to open). */
+  close: CloseInfo;
+  /** A retry is scheduled. */
+  reconnecting: ReconnectInfo;
+  /** The server refused with 401 or 403: the client stopped (until `connect()`). */
+  refused: PushRefusedError;
+}
+
+/** A listener of {@link PushClient.on}. */
+export type PushClientListener<K extends keyof PushClientEventMap> = (
+  payload: PushClientEventMap[K],
+) => void;
+
+/** Options of {@link createPushClient}. */
+export interface PushClientOptions {
+  /**
+   * The credential, sent as the `token` query parameter. A function is
+   * called before every attempt (to refresh an expiring token); if it throws,
+   * the attempt counts as failed and is retried.
+   */
+  token?: string | (() => string | undefined | Promise<string | undefined>);
+  /** `json` (text frames, the default) or `msgpack` (binary frames), both directions. */
+  encoding?: PushEncoding;
+  /**
+   * Ask the server for error events (`enableErrors`), so an invalid push
+   * config becomes a PushConfigError instead of a close with 1003. Default true.
+   */
+  enableErrors?: boolean;
+  /** Extra query parameters, which plugins read with `session.parameter(name)`. */
+  parameters?: Record<string, string | readonly string[]>;
+  /** The shortest reconnect delay and the base of its growth, in ms. Default 500. */
+  minDelay?: number;
+  /** The longest reconnect delay, in ms. Default 30,000. */
+  maxDelay?: number;
+  /** Set to false to never reconnect: the client closes when its socket does. Default true. */
+  reconnect?: boolean;
+  /**
+   * Browsers only (Node's `ws` reads the status itself): an HTTP URL,
+   * relative to the endpoint, that answers a GET carrying the handshake's
+   * query with the handshake's refusal: the status and the JSON error body,
+   * or a 2xx (or 426) when the handshake would be accepted. Fetched only
+   * after a socket failed before opening, because the WebSocket API hides
+   * the status of a refused handshake. Without it, a browser cannot tell a
+   * refusal from a network failure and keeps retrying with backoff.
+   */
+  checkUrl?: string | URL;
+  /** The WebSocket class. Default `globalThis.WebSocket` (`ws` in `pushwire/client/node`). */
+  WebSocket?: WebSocketConstructor;
+  /** The clock and timers (tests inject a fake one). Default the real ones. */
+  scheduler?: Scheduler;
+  /** A random source in [0, 1) for the jitter (tests inject one). Default Math.random. */
+  random?: () => number;
+}
+
+/** The push client. Create one with {@link createPushClient}. */
+export interface PushClient extends AsyncIterable<ReceivedEvent> {
+  /**
+   * `connecting` (an attempt is under way), `open`, `reconnecting` (waiting
+   * for the next attempt), `refused` (stopped after a 401/403), `closed`
+   * (stopped by close(), or by a drop with `reconnect: false`).
+   */
+  readonly state: PushClientState;
+  /** The push config last given to setConfig(), if any. */
+  readonly config: PushConfig | undefined;
+  /**
+   * Adds a listener; returns the function that removes it. A listener that
+   * throws does not disturb the client or the other listeners: the error is
+   * rethrown asynchronously (reportError in browsers, an uncaught exception
+   * in Node).
+   */
+  on<K extends keyof PushClientEventMap>(type: K, listener: PushClientListener<K>): () => void;
+  /**
+   * Replaces the push config: sent now if a socket is open, and after every
+   * reconnection. Throws TypeError when it is not an object or cannot be
+   * encoded. The server answers an invalid one with an error event
+   * (PushConfigError) or, without `enableErrors`, a close with 1003.
+   */
+  setConfig(config: PushConfig): void;
+  /**
+   * Connects again after close() or a refusal (with a fresh backoff and the
+   * token function called again), or skips the wait while `reconnecting`.
+   * Does nothing while `connecting` or `open`.
+   */
+  connect(): void;
+  /** Closes the socket with 1000 and stops reconnecting; ends the iterators. Idempotent. */
+  close(): void;
+  /**
+   * The events from now on, as an async iterator. It ends when close() is
+   * called and throws the PushRefusedError when the client stops on a
+   * refusal. Events wait in an unbounded queue until read: read promptly or
+   * break out of the loop (which unsubscribes).
+   */
+  events(): AsyncIterableIterator<ReceivedEvent>;
+}
+
+/**
+ * What a platform provides: the default WebSocket class, and a way to read
+ * the HTTP status and body of a refused handshake when the WebSocket
+ * implementation exposes them (`ws` does, browsers do not).
+ */
+export interface Transport {
+  WebSocket?: WebSocketConstructor;
+  watchRefusal?(socket: WebSocketLike, report: (status: number, body: unknown) => void): void;
+}
+
+/** A connection that stayed open this long was healthy: the next retry starts from `minDelay`. */
+const HEALTHY_AFTER_MS = 5_000;
+/** Statuses after which retrying cannot help until something changes (a token, a permission). */
+const FINAL_STATUSES = new Set([401, 403]);
+
+interface Sink {
+  push(event: ReceivedEvent): void;
+  end(error?: Error): void;
+}
+
+/** Rethrows outside the client's call stack, so a faulty listener cannot break it. */
+function reportLater(error: unknown): void {
+  const report = (globalThis as { reportError?: (error: unknown) => void }).reportError;
+  if (typeof report === 'function') report(error);
+  else
+    setTimeout(() => {
+      throw error;
+    }, 0);
+}
+
+/** Parses a response body as JSON when it is JSON, else keeps the text. */
+export function parseBody(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return text;
+  }
+}
+
+/** The endpoint URL with a ws: or wss: scheme; relative URLs resolve against the page. */
+function endpointUrl(input: string | URL): URL {
+  const base = (globalThis as { location?: { href?: string } }).location?.href;
+  const url = new URL(String(input), base);
+  if (url.protocol === 'http:') url.protocol = 'ws:';
+  else if (url.protocol === 'https:') url.protocol = 'wss:';
+  else if (url.protocol !== 'ws:' && url.protocol !== 'wss:') {
+    throw new TypeError(`a push endpoint URL is ws:, wss:, http: or https:, not ${url.protocol}`);
+  }
+  return url;
+}
+
+class Client implements PushClient {
+  readonly #endpoint: URL;
+  readonly #options: PushClientOptions;
+  readonly #transport: Transport;
+  readonly #scheduler: Scheduler;
+  readonly #listeners = new Map<string, Set<(payload: never) => void>>();
+  readonly #sinks = new Set<Sink>();
+  #state: PushClientState = 'closed';
+  #socket: WebSocketLike | undefined;
+  #timer: unknown;
+  /** Failed attempts since the last healthy connection: the exponent of the backoff. */
+  #failures = 0;
+  /** Bumped by each attempt and by close(): async work of an older generation is stale. */
+  #generation = 0;
+  #config: PushConfig | undefined;
+  #configFrame: string | Uint8Array | undefined;
+  /** The refusal that stopped the client, for iterators created afterwards. */
+  #refusal: PushRefusedError | undefined;
+
+  constructor(url: string | URL, options: PushClientOptions, transport: Transport) {
+    this.#endpoint = endpointUrl(url);
+    this.#options = options;
+    this.#transport = transport;
+    this.#scheduler = options.scheduler ?? realScheduler;
+    if (
+      options.encoding !== undefined &&
+      options.encoding !== 'json' &&
+      options.encoding !== 'msgpack'
+    ) {
+      throw new TypeError(`encoding is 'json' or 'msgpack', not ${String(options.encoding)}`);
+    }
+    if (this.#webSocketClass() === undefined) {
+      throw new TypeError(
+        'no WebSocket class: pass options.WebSocket, or import pushwire/client/node in Node < 22',
+      );
+    }
+    this.connect();
+  }
+
+  get state(): PushClientState {
+    return this.#state;
+  }
+
+  get config(): PushConfig | undefined {
+    return this.#config;
+  }
+
+  on<K extends keyof PushClientEventMap>(type: K, listener: PushClientListener<K>): () => void {
+    let set = this.#listeners.get(type);
+    if (set === undefined) this.#listeners.set(type, (set = new Set()));
+    const entry = listener as (payload: never) => void;
+    set.add(entry);
+    return () => void set.delete(entry);
+  }
+
+  setConfig(config: PushConfig): void {
+    // Encoded once, now, so that a config that cannot be encoded throws here and not on reconnect.
+    const frame = encodeConfig(config, this.#options.encoding ?? 'json');
+    this.#config = config;
+    this.#configFrame = frame;
+    if (this.#state === 'open') this.#sendConfig();
+  }
+
+  connect(): void {
+    if (this.#state === 'open' || this.#state === 'connecting') return;
+    if (this.#state === 'reconnecting') this.#scheduler.clearTimeout(this.#timer);
+    else this.#failures = 0;
+    this.#refusal = undefined;
+    void this.#open();
+  }
+
+  close(): void {
+    if (this.#state === 'closed') return;
+    this.#stop('closed');
+    this.#socket?.close(1000);
+    this.#socket = undefined;
+  }
+
+  events(): AsyncIterableIterator<ReceivedEvent> {
+    const queue: ReceivedEvent[] = [];
+    const waiting: Array<{
+      resolve: (result: IteratorResult<ReceivedEvent>) => void;
+      reject: (error: Error) => void;
+    }> = [];
+    let ended = false;
+    let failure: Error | undefined;
+    const sink: Sink = {
+      push(event) {
+        const next = waiting.shift();
+        if (next) next.resolve({ value: event, done: false });
+        else queue.push(event);
+      },
+      end(error) {
+        ended = true;
+        failure = error;
+        for (const next of waiting.splice(0)) {
+          if (failure) next.reject(failure);
+          else next.resolve({ value: undefined, done: true });
+          failure = undefined;
+        }
+      },
+    };
+    if (this.#state === 'closed') sink.end();
+    else if (this.#state === 'refused') sink.end(this.#refusal);
+    else this.#sinks.add(sink);
+    const sinks = this.#sinks;
+    return {
+      next() {
+        const event = queue.shift();
+        if (event !== undefined) return Promise.resolve({ value: event, done: false });
+        if (ended) {
+          const error = failure;
+          failure = undefined;
+          return error ? Promise.reject(error) : Promise.resolve({ value: undefined, done: true });
+        }
+        return new Promise((resolve, reject) => waiting.push({ resolve, reject }));
+      },
+      return() {
+        sinks.delete(sink);
+        queue.length = 0;
+        sink.end();
+        return Promise.resolve({ value: undefined, done: true });
+      },
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+    };
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<ReceivedEvent> {
+    return this.events();
+  }
+
+  #webSocketClass(): WebSocketConstructor | undefined {
+    return (
+      this.#options.WebSocket ??
+      this.#transport.WebSocket ??
+      (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket
+    );
+  }
+
+  #emit<K extends keyof PushClientEventMap>(type: K, payload: PushClientEventMap[K]): void {
+    const set = this.#listeners.get(type);
+    if (set === undefined) return;
+    for (const listener of [...set]) {
+      try {
+        (listener as PushClientListener<K>)(payload);
+      } catch (error) {
+        reportLater(error);
+      }
+    }
+  }
+
+  #sendConfig(): void {
+    if (this.#configFrame === undefined) return;
+    try {
+      this.#socket?.send(this.#configFrame);
+    } catch {
+      // The socket is closing: the config goes out again on the next connection.
+    }
+  }
+
+  /** The handshake URL: the endpoint, the extra parameters, then ours (which win). */
+  #handshakeUrl(token: string | undefined): URL {
+    const url = new URL(this.#endpoint);
+    for (const [name, value] of Object.entries(this.#options.parameters ?? {})) {
+      url.searchParams.delete(name);
+      for (const item of typeof value === 'string' ? [value] : value)
+        url.searchParams.append(name, item);
+    }
+    if (token !== undefined && token !== '') url.searchParams.set('token', token);
+    url.searchParams.set('encoding', this.#options.encoding ?? 'json');
+    if (this.#options.enableErrors !== false) url.searchParams.set('enableErrors', 'true');
+    return url;
+  }
+
+  async #open(): Promise<void> {
+    const generation = ++this.#generation;
+    this.#state = 'connecting';
+    let token: string | undefined;
+    try {
+      // Always asynchronous, even on the first attempt from the constructor: listeners added
+      // right after createPushClient() must see everything, including a token function's throw.
+      await undefined;
+      const option = this.#options.token;
+      token = typeof option === 'function' ? await option() : option;
+    } catch (error) {
+      if (generation !== this.#generation) return;
+      this.#emit('error', error instanceof Error ? error : new Error(String(error)));
+      if (generation !== this.#generation) return;
+      if (this.#options.reconnect === false) this.#stop('closed');
+      else this.#retry();
+      return;
+    }
+    if (generation !== this.#generation) return;
+    const url = this.#handshakeUrl(token);
+    const WebSocketClass = this.#webSocketClass() as WebSocketConstructor;
+    let socket: WebSocketLike;
+    try {
+      socket = new WebSocketClass(url.href);
+    } catch (error) {
+      // The URL was checked at creation, so this does not get better by retrying.
+      this.#stop('closed');
+      this.#emit('error', error instanceof Error ? error : new Error(String(error)));
+      return;
+    }
+    this.#socket = socket;
+    // Binary frames as ArrayBuffer everywhere (a browser's default is Blob, ws's a Buffer).
+    socket.binaryType = 'arraybuffer';
+    let refusal: { status: number; body: unknown } | undefined;
+    this.#transport.watchRefusal?.(socket, (status, body) => {
+      refusal = { status, body };
+    });
+    let openedAt: number | undefined;
+    const handlers = socket as unknown as SocketHandlers;
+    handlers.onopen = () => {
+      if (generation !== this.#generation) return;
+      openedAt = this.#scheduler.now();
+      this.#state = 'open';
+      this.#sendConfig();
+      this.#emit('open', { retries: this.#failures });
+    };
+    handlers.onmessage = (message) => {
+      if (generation === this.#generation) this.#receive(message.data);
+    };
+    // An error event is always followed by a close event, which carries what there is to know.
+    handlers.onerror = () => undefined;
+    handlers.onclose = (close) => {
+      if (this.#socket === socket) this.#socket = undefined;
+      void this.#closed(generation, url, close.code, close.reason ?? '', openedAt, refusal);
+    };
+  }
+
+  #receive(data: unknown): void {
+    let event: ReceivedEvent;
+    try {
+      event = decodeEvent(data);
+    } catch (error) {
+      this.#emit('error', error as Error);
+      return;
+    }
+    // An error event (section 4): the server rejected the config, it is not an application event.
+    if (event.type === 'error' && event.identity === '') {
+      const object = event.entity as ErrorObject | undefined;
+      this.#emit(
+        'error',
+        new PushConfigError(
+          `the server rejected the push config: ${object?.description ?? 'invalid'}`,
+          object,
+        ),
+      );
+      return;
+    }
+    this.#emit('event', event);
+    for (const sink of this.#sinks) sink.push(event);
+  }
+
+  async #closed(
+    generation: number,
+    url: URL,
+    code: number,
+    reason: string,
+    openedAt: number | undefined,
+    reported: { status: number; body: unknown } | undefined,
+  ): Promise<void> {
+    const opened = openedAt !== undefined;
+    let refusal = reported;
+    if (!opened && refusal === undefined && generation === this.#generation) {
+      refusal = await this.#check(url);
+    }
+    if (generation !== this.#generation) {
+      // close() (or connect() after it) took over: this socket's end is all there is to say.
+      this.#emit('close', { code, reason, opened, willReconnect: false });
+      return;
+    }
+    if (opened && this.#scheduler.now() - openedAt >= HEALTHY_AFTER_MS) this.#failures = 0;
+    const error = refusal ? new PushRefusedError(refusal.status, refusal.body) : undefined;
+    const final = error !== undefined && FINAL_STATUSES.has(error.status);
+    const willReconnect = !final && this.#options.reconnect !== false;
+    // Decided before the listeners run, so that a listener calling connect() or close() wins.
+    this.#state = final ? 'refused' : willReconnect ? 'reconnecting' : 'closed';
+    if (final) this.#refusal = error;
+    this.#emit('close', { code, reason, opened, willReconnect });
+    if (code === 1003) {
+      this.#emit(
+        'error',
+        new PushConfigError('the server closed the session (1003): the push config is invalid'),
+      );
+    }
+    if (error) this.#emit('error', error);
+    if (generation !== this.#generation) return;
+    if (final) {
+      this.#stop('refused', error);
+      this.#emit('refused', error);
+    } else if (willReconnect) {
+      this.#retry();
+    } else {
+      this.#stop('closed');
+    }
+  }
+
+  /** Stops for good (until connect()): stale async work is dropped, iterators end. */
+  #stop(state: 'closed' | 'refused', error?: PushRefusedError): void {
+    this.#generation++;
+    this.#state = state;
+    this.#refusal = error;
+    this.#scheduler.clearTimeout(this.#timer);
+    for (const sink of this.#sinks) sink.end(error);
+    this.#sinks.clear();
+  }
+
+  /** Asks `checkUrl` whether the failed handshake was refused; undefined when it was not, or when unknown. */
+  async #check(url: URL): Promise<{ status: number; body: unknown } | undefined> {
+    const checkUrl = this.#options.checkUrl;
+    if (checkUrl === undefined || typeof fetch !== 'function') return undefined;
+    const http = new URL(url);
+    http.protocol = url.protocol === 'wss:' ? 'https:' : 'http:';
+    const target = new URL(String(checkUrl), http);
+    for (const [name, value] of url.searchParams) target.searchParams.append(name, value);
+    try {
+      const response = await fetch(target, { credentials: 'include', cache: 'no-store' });
+      if (response.ok || response.status === 426) return undefined;
+      return { status: response.status, body: parseBody(await response.text()) };
+    } catch {
+      return undefined; // the server is unreachable: a network failure, not a refusal
+    }
+  }
+
+  #retry(): void {
+    const generation = this.#generation;
+    const delay = backoffDelay(
+      this.#failures,
+      {
+        minDelay: this.#options.minDelay ?? DEFAULT_MIN_DELAY,
+        maxDelay: this.#options.maxDelay ?? DEFAULT_MAX_DELAY,
+      },
+      this.#options.random,
+    );
+    this.#failures++;
+    this.#state = 'reconnecting';
+    this.#timer = this.#scheduler.setTimeout(() => {
+      if (generation === this.#generation) void this.#open();
+    }, delay);
+    this.#emit('reconnecting', { attempt: this.#failures, delay });
+  }
+}
+
+/**
+ * Creates a client and starts connecting to a push endpoint
+ * (`wss://host/api/events`; http(s) URLs are converted, relative URLs
+ * resolve against the page). Throws TypeError for a URL that is not one, an
+ * unknown encoding, or when there is no WebSocket class. `transport` is how
+ * a platform entry point (pushwire/client/node) adds what it knows.
+ */
+export function createClient(
+  url: string | URL,
+  options: PushClientOptions = {},
+  transport: Transport = {},
+): PushClient {
+  return new Client(url, options, transport);
+}
