@@ -9,7 +9,7 @@ export default tseslint.config(
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
-    files: ['lib/**/*.ts', 'plugins/**/*.ts'],
+    files: ['lib/**/*.ts', 'plugins/**/*.ts', 'client/**/*.ts'],
     languageOptions: { parserOptions: { projectService: true } },
     rules: {
       '@typescript-eslint/no-floating-promises': 'error',

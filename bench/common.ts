@@ -74,6 +74,8 @@ export type ServerReply =
 export interface ServerSnapshot {
   /** process.cpuUsage() user + system, µs. */
   cpuUs: number;
+  /** process.cpuUsage() system alone, µs: the kernel's share (writes, loopback TCP). */
+  cpuSystemUs: number;
   /** The shared clock, ms. */
   timeMs: number;
   rss: number;

@@ -40,6 +40,8 @@ export interface ThroughputFigures {
   eventsPerSecPerSession: Summary;
   /** Server CPU time (user + system) per delivery, µs. */
   cpuUsPerDelivery: Summary;
+  /** The kernel's (system time) part of cpuUsPerDelivery, µs. */
+  systemUsPerDelivery: Summary;
   /** Server CPU, % of one core. */
   serverCpuPct: Summary;
   /** The busiest client child's CPU, % of one core. */
@@ -178,6 +180,9 @@ export function mainRows(results: BenchResults): { header: Row; rows: Row[] } {
     );
     add(`server CPU µs/delivery, ${sessions}`, (m) =>
       formatSummary(t[m]?.cpuUsPerDelivery, fixed(3)),
+    );
+    add(`  of which system (kernel) µs, ${sessions}`, (m) =>
+      formatSummary(t[m]?.systemUsPerDelivery, fixed(3)),
     );
     add(`server CPU % of a core, ${sessions}`, (m) => formatSummary(t[m]?.serverCpuPct, fixed(0)));
     add(`client CPU % (busiest child), ${sessions}`, (m) =>

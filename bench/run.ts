@@ -459,7 +459,7 @@ class Bench {
       if (!(sample.deliveries > 0)) this.failures.push(`${this.label(setup)}: no deliveries`);
       console.log(
         `  ${this.label(setup)}: ${formatCount(sample.deliveriesPerSec)} deliveries/s, ` +
-          `${sample.cpuUsPerDelivery.toFixed(3)} µs CPU/delivery, server ${sample.serverCpuPct.toFixed(0)}%, ` +
+          `${sample.cpuUsPerDelivery.toFixed(3)} µs CPU/delivery (${sample.systemUsPerDelivery.toFixed(3)} system), server ${sample.serverCpuPct.toFixed(0)}%, ` +
           `clients ≤${sample.clientCpuPctMax.toFixed(0)}%, machine ${sample.machineCpuPct.toFixed(0)}% ` +
           `(other ${sample.otherCpuPct.toFixed(0)}%), ${sample.backlogWaits} backlog waits` +
           (setup.memory ? `, ${memoryPerSessionKiB.toFixed(1)} KiB/session` : '') +
@@ -555,6 +555,8 @@ interface ThroughputSample {
   deliveriesPerSec: number;
   eventsPerSecPerSession: number;
   cpuUsPerDelivery: number;
+  /** The kernel's part of cpuUsPerDelivery (system time). */
+  systemUsPerDelivery: number;
   serverCpuPct: number;
   clientCpuPctMax: number;
   dropped: number;
@@ -621,6 +623,7 @@ function throughputSample(
     deliveriesPerSec,
     eventsPerSecPerSession: deliveriesPerSec / Math.max(1, readingSessions),
     cpuUsPerDelivery: cpuUs / Math.max(1, deliveries),
+    systemUsPerDelivery: (s1.server.cpuSystemUs - s0.server.cpuSystemUs) / Math.max(1, deliveries),
     serverCpuPct,
     clientCpuPctMax,
     machineCpuPct,
@@ -705,6 +708,7 @@ async function main(): Promise<void> {
             deliveriesPerSec: pick(samples, 'deliveriesPerSec'),
             eventsPerSecPerSession: pick(samples, 'eventsPerSecPerSession'),
             cpuUsPerDelivery: pick(samples, 'cpuUsPerDelivery'),
+            systemUsPerDelivery: pick(samples, 'systemUsPerDelivery'),
             serverCpuPct: pick(samples, 'serverCpuPct'),
             clientCpuPctMax: pick(samples, 'clientCpuPctMax'),
             machineCpuPct: pick(samples, 'machineCpuPct'),

@@ -309,6 +309,7 @@ async function main(): Promise<void> {
     const cpu = process.cpuUsage();
     return {
       cpuUs: cpu.user + cpu.system,
+      cpuSystemUs: cpu.system,
       timeMs: nowMs(),
       rss: process.memoryUsage.rss(),
       published,

@@ -14,6 +14,7 @@ import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import express from 'express';
 import expressWs from 'express-ws';
+import { collectDefaultMetrics, Registry } from 'prom-client';
 import {
   authPlugin,
   LocalPubSub,
@@ -23,10 +24,15 @@ import {
   type AuthAction,
   type Logger,
 } from '../../lib/index.js';
+import { registerMetrics } from '../../plugins/metrics/index.js';
 
 /** Structured one-line logs on stdout, pino's shape. */
 const logger: Logger = {
-  debug: () => undefined,
+  // LOG_LEVEL=debug shows one line per refused and per closed session (never a credential).
+  debug:
+    process.env.LOG_LEVEL === 'debug'
+      ? (obj, msg) => console.log(JSON.stringify({ level: 'debug', msg, ...obj }))
+      : () => undefined,
   info: (obj, msg) => console.log(JSON.stringify({ level: 'info', msg, ...obj })),
   warn: (obj, msg) => console.warn(JSON.stringify({ level: 'warn', msg, ...obj })),
   error: (obj, msg) => console.error(JSON.stringify({ level: 'error', msg, ...obj })),
@@ -111,6 +117,17 @@ app.post('/api/publish', express.json({ limit: '64kb' }), (req, res) => {
 
 app.get('/api/stats', (_req, res) => {
   res.json(push.stats());
+});
+
+// Prometheus metrics on the app's own registry (nothing lands on prom-client's global one).
+const registry = new Registry();
+collectDefaultMetrics({ register: registry });
+registerMetrics(push, { registry });
+app.get('/metrics', (_req, res) => {
+  registry.metrics().then(
+    (text) => res.type(registry.contentType).send(text),
+    (error: unknown) => res.status(500).send(String(error)),
+  );
 });
 
 // What the server holds for each open session (a demo aid: a real app would not list them openly).

@@ -505,7 +505,7 @@ describe('fuzz: bad frames to live sessions', () => {
     process.off('uncaughtException', onUncaught);
   });
 
-  it(`answers every frame as the protocol says, for ${FUZZ_MS} ms`, async () => {
+  it(`answers every frame as the protocol says, for ${FUZZ_MS} ms`, async (t) => {
     let runs = 0;
     let frames = 0;
     let inBody = 0;
@@ -591,7 +591,7 @@ describe('fuzz: bad frames to live sessions', () => {
         ...(SEED !== undefined ? { seed: SEED } : {}),
       },
     );
-    console.log(
+    t.diagnostic(
       `fuzz: ${runs} sessions, ${frames} frames in ${FUZZ_MS} ms (${inBody.toFixed(0)} ms in sessions); answers ${JSON.stringify(Object.fromEntries(answers))}; kinds ${JSON.stringify(Object.fromEntries(seen))}`,
     );
     assert.ok(runs >= 50, `only ${runs} runs in ${FUZZ_MS} ms`);

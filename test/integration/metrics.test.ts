@@ -158,6 +158,23 @@ describe('metrics plugin', () => {
     );
   });
 
+  it('counts a refusal written by an Express middleware mounted before the endpoint', async () => {
+    app = await startPushApp({
+      before: (express) =>
+        express.use('/api', (req, res, next) => {
+          // A rate limiter in front of the push endpoint.
+          if (req.url?.includes('limited')) res.status(429).json({ error: 'slow down' });
+          else next();
+        }),
+    });
+    const registry = new Registry();
+    registerMetrics(app.push, { registry });
+    assert.equal((await expectRefusal(app.wsUrl, { query: { limited: '1' } })).status, 429);
+    assert.deepEqual(app.push.stats().sessionsRefused, { 429: 1 });
+    assert.equal(await sample(registry, 'pushwire_sessions_refused_total', { status: '429' }), 1);
+    assert.equal(app.push.stats().sessionsAbandoned, 0);
+  });
+
   it('counts publish retries and failures', async () => {
     const pubsub = new FlakyPubSub();
     app = await startPushApp({ pubsub, options: { publishRetries: 3, publishRetryDelay: 1 } });

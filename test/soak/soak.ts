@@ -81,7 +81,7 @@ function readConfig(argv: string[]): SoakConfig {
         duration: 15,
         warmup: 5,
         rate: 10,
-        pad: 1024,
+        pad: 512,
         slowEvery: 100,
         maxBufferedBytes: 256 * 1024,
         connectConcurrency: 20,
@@ -91,8 +91,8 @@ function readConfig(argv: string[]): SoakConfig {
         sessions: 2000,
         duration: 180,
         warmup: 30,
-        rate: 10,
-        pad: 1024,
+        rate: 5,
+        pad: 512,
         slowEvery: 100,
         maxBufferedBytes: 256 * 1024,
         connectConcurrency: 50,
@@ -149,6 +149,21 @@ type FromClients =
 // ---------------------------------------------------------------------------
 // The client process
 
+const SEQ_KEY = Buffer.from('"seq":');
+const SENT_AT_KEY = Buffer.from('"sentAt":');
+
+/** The non-negative integer after `key` in a JSON frame, or -1. */
+function readNumber(frame: Buffer, key: Buffer): number {
+  let i = frame.indexOf(key);
+  if (i === -1) return -1;
+  i += key.length;
+  let n = 0;
+  for (let c = frame[i]; c !== undefined && c >= 0x30 && c <= 0x39; c = frame[++i]) {
+    n = n * 10 + (c - 0x30);
+  }
+  return n;
+}
+
 async function runClients(): Promise<void> {
   const send = (message: FromClients): void => {
     process.send?.(message);
@@ -169,7 +184,8 @@ async function runClients(): Promise<void> {
 
   const connectOne = (url: string, index: number, slow: boolean): Promise<void> =>
     new Promise((resolve, reject) => {
-      const ws = new WebSocket(url, { perMessageDeflate: false });
+      // `slow=1` lets the server side of the soak tell the slow sessions apart.
+      const ws = new WebSocket(slow ? `${url}?slow=1` : url, { perMessageDeflate: false });
       const peer: Peer = { ws, slow, received: 0, next: 0, problem: undefined };
       ws.on('error', () => undefined);
       ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
@@ -185,8 +201,11 @@ async function runClients(): Promise<void> {
       ws.on('message', (data) => {
         peer.received++;
         if (slow) return;
-        const event = JSON.parse(String(data)) as { entity: { seq: number; sentAt: number } };
-        const { seq, sentAt } = event.entity;
+        // The two numbers are read in place: a full JSON.parse of every frame would make this
+        // process, not the server, the bottleneck (2,000 sessions share one client process).
+        const frame = data as Buffer;
+        const seq = readNumber(frame, SEQ_KEY);
+        const sentAt = readNumber(frame, SENT_AT_KEY);
         if (seq !== peer.next && peer.problem === undefined) {
           peer.problem = `expected seq ${peer.next}, got ${seq}`;
         }
@@ -398,7 +417,9 @@ async function runServer(config: SoakConfig): Promise<boolean> {
   const ews = expressWs(app);
   const push = pushMiddleware(new LocalPubSub(), 'events', {
     maxBufferedBytes: config.maxBufferedBytes,
-    pingInterval: 10_000,
+    // The default keepalive: a client that stops reading stops answering pings too, and is
+    // terminated after one to two intervals (the slow clients here are, at 30 to 60 s).
+    pingInterval: 30_000,
   });
   const registry = new Registry();
   const metrics = registerMetrics(push, { registry });
@@ -454,6 +475,7 @@ async function runServer(config: SoakConfig): Promise<boolean> {
   let heapAfterWarmupMB = 0;
   let heapAtEndMB = 0;
   let report: ClientReport | undefined;
+  let slowSessions: Record<string, unknown> | undefined;
   try {
     // 1. Sessions.
     child.send({
@@ -468,6 +490,7 @@ async function runServer(config: SoakConfig): Promise<boolean> {
       `connected ${connected.opened} sessions (${connected.failed} failed${connected.firstError ? `: ${connected.firstError}` : ''})`,
     );
     check('every session opened', connected.failed === 0, `${connected.opened}/${config.sessions}`);
+    const connectedFast = connected.opened - Math.ceil(config.sessions / config.slowEvery);
     await waitUntil(
       () => push.stats().sessionsOpen === connected.opened,
       30_000,
@@ -511,6 +534,21 @@ async function runServer(config: SoakConfig): Promise<boolean> {
     });
     log(`published ${published} events in ${config.duration} s (${publishErrors} publish errors)`);
     check('no publish failed', publishErrors === 0, `${publishErrors} errors`);
+    const open = push.sessions();
+    const fastOpen = open.filter((s) => s.parameter('slow') === undefined).length;
+    const slowOpen = open.filter((s) => s.parameter('slow') !== undefined);
+    slowSessions = {
+      expected: Math.ceil(config.sessions / config.slowEvery),
+      stillOpen: slowOpen.length,
+      droppedEvents: slowOpen.reduce((n, s) => n + s.droppedEvents, 0),
+      closedByCode: push.stats().sessionsClosed,
+    };
+    log(`slow sessions: ${JSON.stringify(slowSessions)}`);
+    check(
+      'no fast session was closed during the run',
+      fastOpen === connectedFast,
+      `${fastOpen}/${connectedFast} fast sessions open; closed so far by code ${JSON.stringify(push.stats().sessionsClosed)}`,
+    );
 
     // 3. Every fast client got every event.
     child.send({ cmd: 'expect', total: published, timeoutMs: 60_000 } satisfies ToClients);
@@ -553,7 +591,13 @@ async function runServer(config: SoakConfig): Promise<boolean> {
     log('the clients closed their sessions');
     await waitUntil(() => push.stats().sessionsOpen === 0, 60_000, 'sessions still registered');
     if (child.exitCode === null) {
-      await Promise.race([once(child, 'exit'), new Promise((r) => setTimeout(r, 10_000))]);
+      // A timer of this check must not itself show up as a leftover handle: cleared either way.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        once(child, 'exit'),
+        new Promise((resolve) => (timer = setTimeout(resolve, 10_000))),
+      ]);
+      clearTimeout(timer);
     }
     log('every session closed');
     // Sockets finish closing asynchronously: give handles a bounded time to go.
@@ -562,6 +606,8 @@ async function runServer(config: SoakConfig): Promise<boolean> {
     for (;;) {
       gc();
       leaked = grown(resourcesBefore, resources());
+      if (Object.keys(leaked).length > 0)
+        log(`waiting for handles to close: ${JSON.stringify(leaked)}`);
       // Only growth counts: the client process and its IPC pipe were in the baseline and are gone.
       if (Object.keys(leaked).length === 0 || Date.now() > deadline) break;
       await new Promise((resolve) => setTimeout(resolve, 100));
@@ -649,6 +695,7 @@ async function runServer(config: SoakConfig): Promise<boolean> {
         heapAfterWarmupMB: round(heapAfterWarmupMB),
         heapAtEndMB: round(heapAtEndMB),
         clients: report,
+        slowSessions,
         fanOut,
         finalStats: push.stats(),
         checks,
