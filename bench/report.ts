@@ -181,7 +181,7 @@ export function mainRows(results: BenchResults): { header: Row; rows: Row[] } {
     add(`server CPU µs/delivery, ${sessions}`, (m) =>
       formatSummary(t[m]?.cpuUsPerDelivery, fixed(3)),
     );
-    add(`  of which system (kernel) µs, ${sessions}`, (m) =>
+    add(`server CPU µs/delivery in the kernel (system), ${sessions}`, (m) =>
       formatSummary(t[m]?.systemUsPerDelivery, fixed(3)),
     );
     add(`server CPU % of a core, ${sessions}`, (m) => formatSummary(t[m]?.serverCpuPct, fixed(0)));
@@ -237,7 +237,7 @@ export function mainRows(results: BenchResults): { header: Row; rows: Row[] } {
     add(`slow: RSS growth, 2nd half MiB`, (m) =>
       formatSummary(slow.modes[m]?.rssGrowthSecondHalfMiB, fixed(1)),
     );
-    add(`slow: events dropped`, (m) => formatSummary(slow.modes[m]?.dropped, formatCount));
+    add(`slow: events dropped`, (m) => formatSummary(slow.modes[m]?.dropped, fixed(0)));
   }
   return { header, rows };
 }

@@ -175,6 +175,36 @@ describe('metrics plugin', () => {
     assert.equal(app.push.stats().sessionsAbandoned, 0);
   });
 
+  it('counts events dropped for a slow consumer, and reports them per fan-out', async () => {
+    app = await startPushApp({ options: { maxBufferedBytes: 64 * 1024, pingInterval: 0 } });
+    const registry = new Registry();
+    registerMetrics(app.push, { registry });
+    let droppedInFanOuts = 0;
+    app.push.onDispatch((info) => (droppedInFanOuts += info.dropped));
+    const reader = await connectClient(app.wsUrl);
+    const stalled = await connectClient(app.wsUrl);
+    (stalled.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+    // 24 MB: more than the kernel buffers of a loopback connection take in, plus the bound.
+    const N = 3000;
+    for (let i = 0; i < N; i += 100) {
+      await app.push.publish(
+        ...Array.from({ length: 100 }, (_, k) => ({
+          identity: 'bulk',
+          type: 'create',
+          entity: { seq: i + k, pad: 'z'.repeat(8 * 1024) },
+        })),
+      );
+      await reader.waitForEvents(i + 100, 15_000);
+    }
+    const dropped = app.push.stats().dropped;
+    assert.ok(dropped > 0, 'the stalled session should have dropped events');
+    assert.equal(app.push.sessions().find((s) => s.droppedEvents > 0)?.droppedEvents, dropped);
+    assert.equal(await sample(registry, 'pushwire_events_dropped_total'), dropped);
+    assert.equal(droppedInFanOuts, dropped);
+    assert.equal(await sample(registry, 'pushwire_events_delivered_total'), 2 * N - dropped);
+    stalled.ws.terminate();
+  });
+
   it('counts publish retries and failures', async () => {
     const pubsub = new FlakyPubSub();
     app = await startPushApp({ pubsub, options: { publishRetries: 3, publishRetryDelay: 1 } });

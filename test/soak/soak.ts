@@ -359,7 +359,14 @@ function grown(
   return diff;
 }
 
-function sparkline(values: number[]): string {
+/** At most `width` characters: each one the mean of its share of the samples. */
+function sparkline(all: number[], width = 80): string {
+  const per = Math.max(1, Math.ceil(all.length / width));
+  const values: number[] = [];
+  for (let i = 0; i < all.length; i += per) {
+    const chunk = all.slice(i, i + per);
+    values.push(chunk.reduce((a, b) => a + b, 0) / chunk.length);
+  }
   const bars = '▁▂▃▄▅▆▇█';
   const min = Math.min(...values);
   const max = Math.max(...values);
@@ -670,8 +677,14 @@ async function runServer(config: SoakConfig): Promise<boolean> {
       `${s.t.toFixed(0).padStart(6)} ${s.rssMB.toFixed(1).padStart(8)} ${s.heapUsedMB.toFixed(1).padStart(9)} ${String(s.sessions).padStart(9)} ${rate.toFixed(0).padStart(13)} ${String(s.dropped).padStart(8)} ${s.eventLoopP99ms.toFixed(1).padStart(13)}`,
     );
   }
-  console.log(`\n  rss  ${sparkline(samples.map((s) => s.rssMB))}`);
-  console.log(`  heap ${sparkline(samples.map((s) => s.heapUsedMB))}`);
+  const rssValues = samples.map((s) => s.rssMB);
+  const heapValues = samples.map((s) => s.heapUsedMB);
+  console.log(
+    `\n  rss  ${sparkline(rssValues)}  ${Math.min(...rssValues)}–${Math.max(...rssValues)} MB`,
+  );
+  console.log(
+    `  heap ${sparkline(heapValues)}  ${Math.min(...heapValues)}–${Math.max(...heapValues)} MB (before GC)`,
+  );
   console.log(
     `  fan-out duration (pushwire_dispatch_duration_seconds): ${JSON.stringify(fanOut)}\n`,
   );
