@@ -89,8 +89,10 @@ export interface SlowFigures {
   /** Events per second per reading session. */
   othersEventsPerSecPerSession: Summary;
   othersDeliveriesPerSec: Summary;
-  /** Median per-session rate over the same mode's in the throughput run. */
+  /** Median per-session rate over the same mode's without slow consumers. */
   ratioToBaseline: number;
+  /** Where that baseline comes from: runs interleaved with these (`paired`), or the throughput phase. */
+  baseline: 'paired' | 'throughput phase';
   rssStartMiB: Summary;
   rssEndMiB: Summary;
   rssMaxMiB: Summary;
@@ -199,7 +201,7 @@ export function mainRows(results: BenchResults): { header: Row; rows: Row[] } {
   for (const sessions of results.sessionCounts) {
     const l = results.latency[String(sessions)];
     if (l === undefined) continue;
-    const at = `${sessions} sessions at ${formatCount(l.rateEventsPerSec)} events/s`;
+    const at = `${sessions} sessions, ${formatCount(l.rateEventsPerSec)} events/s`;
     add(`latency p50 per delivery ms, ${at}`, (m) => formatSummary(l.modes[m]?.p50, fixed(2)));
     add(`latency p99 per delivery ms, ${at}`, (m) => formatSummary(l.modes[m]?.p99, fixed(2)));
     add(`latency p50 last session ms, ${at}`, (m) => formatSummary(l.modes[m]?.lastP50, fixed(2)));
@@ -224,9 +226,10 @@ export function mainRows(results: BenchResults): { header: Row; rows: Row[] } {
     add(`slow: others' events/s per session (${label})`, (m) =>
       formatSummary(slow.modes[m]?.othersEventsPerSecPerSession, formatCount),
     );
-    add(`slow: others' rate / normal rate`, (m) => {
-      const r = slow.modes[m]?.ratioToBaseline;
-      return r === undefined || !Number.isFinite(r) ? '–' : `${r.toFixed(2)}×`;
+    add(`slow: others' rate / rate without slow consumers`, (m) => {
+      const f = slow.modes[m];
+      if (f === undefined || !Number.isFinite(f.ratioToBaseline)) return '–';
+      return `${f.ratioToBaseline.toFixed(2)}×${f.baseline === 'paired' ? '' : ' (vs throughput phase)'}`;
     });
     add(`slow: server RSS start → end MiB`, (m) => {
       const f = slow.modes[m];
@@ -447,7 +450,7 @@ export function chartSvg(results: BenchResults): string {
     })),
   };
   const latency: Panel = {
-    title: 'p99 latency per delivery, ms, at half the raw limit (log)',
+    title: 'p99 latency per delivery, ms (log), half load',
     log: true,
     format: (n) => (n >= 10 ? n.toFixed(0) : n >= 1 ? n.toFixed(1) : n.toFixed(2)),
     groups: results.sessionCounts.map((n) => ({

@@ -75,7 +75,7 @@ const USAGE = `Usage: tsx bench/run.ts [flags]
   --phases LIST         throughput,latency,work,slow (default all)
   --work-sessions N     sessions of the per-session work and slow runs (default: first of --sessions)
   --profile             run servers with --cpu-prof, profiles in bench/results/profiles/
-  --out DIR             where to write results (default bench/results)
+  --out DIR             where to write results (default bench/results; --smoke: bench/results/smoke)
   --render FILE         measure nothing: rebuild the table, latest.md and chart.svg from a latest.json
   --help`;
 
@@ -171,7 +171,10 @@ function parseOptions(argv: string[]): Options {
       positive('work-sessions', values['work-sessions'], sessions[0] ?? 1000),
     ),
     profile: values.profile === true,
-    out: values.out ?? fileURLToPath(new URL('./results', import.meta.url)),
+    // A smoke run never overwrites the full run's figures (the ones the README shows).
+    out:
+      values.out ??
+      fileURLToPath(new URL(smoke ? './results/smoke' : './results', import.meta.url)),
     render: values.render,
   };
 }
@@ -796,7 +799,9 @@ async function main(): Promise<void> {
         );
         const limit = raw !== undefined && raw > 0 ? raw : fallback > 0 ? fallback : 200;
         const rate = Math.max(1, Math.round(limit / 2));
-        console.log(`Latency at ${rate} events/s (half the raw limit), ${sessions} sessions:`);
+        console.log(
+          `Latency at ${rate} events/s (half the raw limit) in bursts of ${options.batch}, ${sessions} sessions:`,
+        );
         const samples = new Map<Mode, LatencySample[]>();
         for (let rep = 0; rep < options.reps; rep++) {
           for (const mode of options.modes) {
@@ -857,8 +862,18 @@ async function main(): Promise<void> {
       const slow = Math.max(1, Math.ceil(sessions * 0.01));
       console.log(`Slow consumers: ${slow} of ${sessions} sessions never read:`);
       const samples = new Map<Mode, ThroughputSample[]>();
+      // pushwire's target is a ratio: its baseline is measured here, next to each slow run,
+      // not taken from the throughput phase (minutes earlier, under other neighbours).
+      const baselines = new Map<Mode, ThroughputSample[]>();
       for (let rep = 0; rep < options.reps; rep++) {
         for (const mode of options.modes) {
+          if (mode.startsWith('pushwire')) {
+            const normal: Setup = { mode, sessions, variant: 'none', slow: 0, memory: false };
+            const base = await bench.safely(normal, () =>
+              bench.throughput(normal, options.slowDurationS),
+            );
+            if (base !== undefined) baselines.set(mode, [...(baselines.get(mode) ?? []), base]);
+          }
           const setup: Setup = { mode, sessions, variant: 'none', slow, memory: false };
           const sample = await bench.safely(setup, () =>
             bench.throughput(setup, options.slowDurationS),
@@ -870,8 +885,11 @@ async function main(): Promise<void> {
       const modes: Partial<Record<Mode, SlowFigures>> = {};
       for (const [mode, s] of samples) {
         const others = pick(s, 'eventsPerSecPerSession');
+        const paired = baselines.get(mode);
         const baseline =
-          results.throughput[String(sessions)]?.[mode]?.eventsPerSecPerSession.median ?? NaN;
+          paired !== undefined && paired.length > 0
+            ? pick(paired, 'eventsPerSecPerSession').median
+            : (results.throughput[String(sessions)]?.[mode]?.eventsPerSecPerSession.median ?? NaN);
         const mib = (f: (series: Array<[number, number]>) => number): Summary =>
           summarize(s.map((x) => f(x.rss)));
         const at = (series: Array<[number, number]>, t: number): number => {
@@ -883,6 +901,7 @@ async function main(): Promise<void> {
           othersEventsPerSecPerSession: others,
           othersDeliveriesPerSec: pick(s, 'deliveriesPerSec'),
           ratioToBaseline: others.median / baseline,
+          baseline: paired !== undefined && paired.length > 0 ? 'paired' : 'throughput phase',
           rssStartMiB: summarize(s.map((x) => at(x.rss, x.rssWindowStartS))),
           rssEndMiB: mib((series) => series[series.length - 1]?.[1] ?? NaN),
           rssMaxMiB: mib((series) => Math.max(...series.map(([, v]) => v))),

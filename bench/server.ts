@@ -295,20 +295,24 @@ async function main(): Promise<void> {
     setImmediate(loopMax);
   };
 
-  // Fixed load: the events due by now (open loop: a late turn publishes what it owes), at most
-  // 50 ms worth per turn. A server that cannot keep up skips the rest (counted: its achieved
-  // rate shows it) rather than owing ever more and answering the orchestrator minutes late.
+  // Fixed load: `rate` events per second in bursts of `batch`, the shape the maximum load was
+  // measured with, so that half its rate is half its load (events written one per turn cost
+  // several times more per delivery: nothing coalesces). Open loop: a late turn publishes the
+  // bursts it owes, at most 50 ms worth; a server that cannot keep up skips the rest (counted:
+  // its achieved rate shows it) rather than owing ever more and answering minutes late.
   let skipped = 0;
   const loopRate = (rate: number, startMs: number): void => {
     if (!running) return;
-    let due = Math.floor(((nowMs() - startMs) * rate) / 1000) - published - skipped;
-    const most = Math.max(1, Math.ceil(rate * 0.05));
+    const burst = spec.batch;
+    const owed = Math.floor(((nowMs() - startMs) * rate) / 1000) - published - skipped;
+    let due = Math.floor(owed / burst) * burst;
+    const most = Math.max(burst, Math.ceil((rate * 0.05) / burst) * burst);
     if (due > most) {
       skipped += due - most;
       due = most;
     }
     for (let i = 0; i < due; i++) publishOne();
-    const nextDueMs = startMs + ((published + skipped + 1) * 1000) / rate;
+    const nextDueMs = startMs + ((published + skipped + burst) * 1000) / rate;
     timer = setTimeout(() => loopRate(rate, startMs), Math.max(0, nextDueMs - nowMs()));
   };
 
