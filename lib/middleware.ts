@@ -74,6 +74,7 @@ export interface PushMiddleware {
 
 /** Marks a request whose upgrade this middleware owns, with what the handshake needs. */
 const kUpgrade = Symbol('pushwire.upgrade');
+const EMPTY = Buffer.alloc(0);
 
 interface PendingUpgrade {
   server: PushServer;
@@ -83,6 +84,8 @@ interface PendingUpgrade {
   /** Set once a response or the handshake happened (or the attempt timed out). */
   settled: boolean;
   timer: NodeJS.Timeout | undefined;
+  /** Removes the handshake's socket listeners once the session owns the socket. */
+  release: () => void;
 }
 
 type UpgradeRequest = IncomingMessage & {
@@ -230,6 +233,9 @@ export function pushMiddleware(
         res.detachSocket(pending.socket as Socket);
         pending.wss.handleUpgrade(req, pending.socket, pending.head, (ws) => {
           server.startSession(session, ws, pending.socket as Socket);
+          // ws has its own listeners now; ours would keep the request (and all that Express
+          // hung on it) alive for the life of the session.
+          pending.release();
         });
       },
       (error: unknown) => {
@@ -327,9 +333,9 @@ export function pushMiddleware(
     head: Buffer,
   ): void => {
     // A client may vanish mid-handshake: its socket errors must not become uncaught exceptions.
-    socket.on('error', (error) =>
-      logger.debug({ err: describeError(error) }, 'pushwire: socket error during the handshake'),
-    );
+    const onError = (error: Error): void =>
+      logger.debug({ err: describeError(error) }, 'pushwire: socket error during the handshake');
+    socket.on('error', onError);
     const res = new ServerResponse(req);
     res.shouldKeepAlive = false;
     res.assignSocket(socket as Socket);
@@ -343,7 +349,20 @@ export function pushMiddleware(
       }
       socket.end();
     });
-    const pending: PendingUpgrade = { server, socket, head, wss, settled: false, timer: undefined };
+    const pending: PendingUpgrade = {
+      server,
+      socket,
+      head,
+      wss,
+      settled: false,
+      timer: undefined,
+      release: () => {
+        socket.off('error', onError);
+        socket.off('close', onClose);
+        socket.off('end', onEnd);
+        pending.head = EMPTY;
+      },
+    };
     if (options.sessionTimeout > 0) {
       pending.timer = setTimeout(() => {
         if (pending.settled) return;
@@ -354,18 +373,20 @@ export function pushMiddleware(
       }, options.sessionTimeout);
       pending.timer.unref();
     }
-    socket.once('close', () => {
+    const onClose = (): void => {
       // Neither accepted nor refused yet: the client went away mid-handshake.
       if (!pending.settled) server.recordAbandoned(req);
       pending.settled = true;
       clearTimeout(pending.timer);
-    });
+    };
+    socket.once('close', onClose);
     // The HTTP server's sockets allow half-open connections, so a client that leaves during a
     // slow session phase only ends its side and 'close' would wait for the plugins (or the
     // timeout). A WebSocket client never half-closes mid-handshake: end the attempt at once.
-    socket.once('end', () => {
+    const onEnd = (): void => {
       if (!pending.settled) socket.destroy();
-    });
+    };
+    socket.once('end', onEnd);
     req[kUpgrade] = pending;
     try {
       app(req, res);

@@ -403,9 +403,7 @@ export class PushServer {
     // Kept per encoding here (and in #onClose) so that metrics never walk the sessions.
     const byEncoding = this.#stats.sessionsByEncoding;
     byEncoding[session.encodings.write] = (byEncoding[session.encodings.write] ?? 0) + 1;
-    const enableErrors = new URL(session.request.url ?? '/', 'http://localhost').searchParams.has(
-      'enableErrors',
-    );
+    const enableErrors = session.enableErrors;
     ws.on('message', (data, isBinary) => this.#onMessage(session, data, isBinary, enableErrors));
     ws.on('pong', () => {
       session.alive = true;

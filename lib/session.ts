@@ -2,7 +2,7 @@
  * One push session: what plugins see of it (bahamut's `Session`), its
  * push config, its outbound buffer and its keepalive state.
  */
-import type { IncomingMessage } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import type { WebSocket } from 'ws';
@@ -119,7 +119,14 @@ export class ServerSession implements PushSession {
   readonly encodings: SessionEncodings;
   /** True when events are written as binary MessagePack frames. */
   readonly binary: boolean;
-  readonly request: IncomingMessage;
+  /**
+   * What the session keeps of its upgrade request: the headers and the socket. The request
+   * itself (and what Express hung on it) is not kept, so an idle session costs a few KiB.
+   */
+  readonly #headers: IncomingHttpHeaders;
+  readonly #requestSocket: Partial<TLSSocket>;
+  /** True when the client sent `enableErrors` (section 4). */
+  readonly enableErrors: boolean;
   readonly #query: URLSearchParams;
   readonly #host: SessionHost;
   readonly #abort = new AbortController();
@@ -151,7 +158,9 @@ export class ServerSession implements PushSession {
 
   constructor(init: SessionInit) {
     this.id = init.id;
-    this.request = init.request;
+    this.#headers = init.request.headers;
+    this.#requestSocket = init.request.socket as Partial<TLSSocket>;
+    this.enableErrors = init.query.has('enableErrors');
     this.#query = init.query;
     this.#host = init.host;
     this.clientIP = init.clientIP;
@@ -171,12 +180,12 @@ export class ServerSession implements PushSession {
   }
 
   header(name: string): string | undefined {
-    const value = this.request.headers[name.toLowerCase()];
+    const value = this.#headers[name.toLowerCase()];
     return Array.isArray(value) ? value.join(', ') : value;
   }
 
   cookie(name: string): string | undefined {
-    this.#cookies ??= parseCookies(this.request.headers.cookie);
+    this.#cookies ??= parseCookies(this.#headers.cookie);
     return this.#cookies.get(name);
   }
 
@@ -209,7 +218,7 @@ export class ServerSession implements PushSession {
   }
 
   get peerCertificate(): PeerCertificate | undefined {
-    const socket = this.request.socket as Partial<TLSSocket>;
+    const socket = this.#requestSocket;
     if (typeof socket.getPeerCertificate !== 'function') return undefined;
     const cert = socket.getPeerCertificate();
     return cert && Object.keys(cert).length > 0 ? cert : undefined;

@@ -3,7 +3,7 @@
  * MessagePack form whose entity is a bin of MessagePack bytes, and the
  * decoded form a server dispatches. No I/O here.
  */
-import { decode, encode } from '@msgpack/msgpack';
+import { decode, encode } from './msgpack.js';
 import { JSON_MEDIA_TYPE, MSGPACK_MEDIA_TYPE, type Encoding } from './encoding.js';
 
 /** An event as an application publishes it. `timestamp` defaults to now. */

@@ -2,7 +2,7 @@
  * The publication envelope (PROTOCOL.md section 8): what servers exchange
  * on the pub/sub topic, bahamut's `Publication`. No I/O here.
  */
-import { decode, encode } from '@msgpack/msgpack';
+import { decode, encode } from './msgpack.js';
 import { JSON_MEDIA_TYPE, MSGPACK_MEDIA_TYPE } from './encoding.js';
 import { decodeJsonEvent, decodeMsgpackEvent, EventFormatError, type WireEvent } from './event.js';
 

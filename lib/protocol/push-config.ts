@@ -3,7 +3,7 @@
  * its events, its validation, and the identity step of dispatch (section 5,
  * step 3). No I/O here.
  */
-import { decode } from '@msgpack/msgpack';
+import { decode } from './msgpack.js';
 import { MSGPACK_MEDIA_TYPE, type Encoding } from './encoding.js';
 import { compileFilter, FilterSyntaxError, type CompiledFilter } from './filter.js';
 
@@ -55,47 +55,42 @@ export interface ConfigTarget {
   readonly entity: unknown;
 }
 
-/** A validated push config, its filters compiled once. */
-export class PushConfig {
+/**
+ * The part of a push config that decides which events pass (identities,
+ * types, filters), shared by every session that sent the same one, with the
+ * verdict on the last event remembered: 1,000 sessions with one config cost
+ * one evaluation per event, not 1,000.
+ */
+export class ConfigSelector {
   /** Identity → accepted types (null: all types); null when every event passes this step. */
   readonly identities: ReadonlyMap<string, ReadonlySet<string> | null> | null;
   /** Identity → compiled filter. */
   readonly filters: ReadonlyMap<string, CompiledFilter>;
-  /** The parameters to merge into the session. */
-  readonly parameters: Readonly<Record<string, readonly string[]>>;
-  /** The config as the client sent it, normalized (for plugins and logs). */
-  readonly input: Readonly<PushConfigInput>;
+  #lastEvent: ConfigTarget | undefined;
+  #lastRelated: readonly string[] | undefined;
+  #lastVerdict = false;
 
   constructor(
     identities: Map<string, Set<string> | null> | null,
     filters: Map<string, CompiledFilter>,
-    parameters: Record<string, string[]>,
-    input: PushConfigInput,
   ) {
     this.identities = identities;
     this.filters = filters;
-    this.parameters = parameters;
-    this.input = input;
   }
 
-  /** True when this config has a filter on some identity. */
-  get hasFilters(): boolean {
-    return this.filters.size > 0;
-  }
-
-  /**
-   * Step 3 of dispatch: the event passes if its own identity, or one of
-   * `related`, is accepted with the event's type and, where that identity
-   * has a filter, the filter matches the entity. An entity that does not
-   * decode matches no filter.
-   */
+  /** See {@link PushConfig.allows}. */
   allows(event: ConfigTarget, related: readonly string[]): boolean {
     if (this.identities === null) return true;
-    if (this.#allowsIdentity(event.identity, event)) return true;
-    for (let i = 0; i < related.length; i++) {
-      if (this.#allowsIdentity(related[i] as string, event)) return true;
+    // Events are immutable once received, so the verdict for the same event object holds.
+    if (event === this.#lastEvent && related === this.#lastRelated) return this.#lastVerdict;
+    let verdict = this.#allowsIdentity(event.identity, event);
+    for (let i = 0; !verdict && i < related.length; i++) {
+      verdict = this.#allowsIdentity(related[i] as string, event);
     }
-    return false;
+    this.#lastEvent = event;
+    this.#lastRelated = related;
+    this.#lastVerdict = verdict;
+    return verdict;
   }
 
   #allowsIdentity(identity: string, event: ConfigTarget): boolean {
@@ -111,6 +106,68 @@ export class PushConfig {
     } catch {
       return false;
     }
+  }
+}
+
+/** Selectors by their source text; bounded so that clients cannot grow it without limit. */
+const selectors = new Map<string, ConfigSelector>();
+const MAX_INTERNED_SELECTORS = 10_000;
+
+function internSelector(
+  key: string,
+  identities: Map<string, Set<string> | null> | null,
+  filters: Map<string, CompiledFilter>,
+): ConfigSelector {
+  const known = selectors.get(key);
+  if (known !== undefined) return known;
+  if (selectors.size >= MAX_INTERNED_SELECTORS) selectors.clear();
+  const selector = new ConfigSelector(identities, filters);
+  selectors.set(key, selector);
+  return selector;
+}
+
+/** A validated push config, its filters compiled once. */
+export class PushConfig {
+  /** The identities-and-filters part, shared between sessions that sent the same one. */
+  readonly selector: ConfigSelector;
+  /** The parameters to merge into the session. */
+  readonly parameters: Readonly<Record<string, readonly string[]>>;
+  /** The config as the client sent it, normalized (for plugins and logs). */
+  readonly input: Readonly<PushConfigInput>;
+
+  constructor(
+    selector: ConfigSelector,
+    parameters: Record<string, string[]>,
+    input: PushConfigInput,
+  ) {
+    this.selector = selector;
+    this.parameters = parameters;
+    this.input = input;
+  }
+
+  /** Identity → accepted types (null: all types); null when every event passes this step. */
+  get identities(): ReadonlyMap<string, ReadonlySet<string> | null> | null {
+    return this.selector.identities;
+  }
+
+  /** Identity → compiled filter. */
+  get filters(): ReadonlyMap<string, CompiledFilter> {
+    return this.selector.filters;
+  }
+
+  /** True when this config has a filter on some identity. */
+  get hasFilters(): boolean {
+    return this.selector.filters.size > 0;
+  }
+
+  /**
+   * Step 3 of dispatch: the event passes if its own identity, or one of
+   * `related`, is accepted with the event's type and, where that identity
+   * has a filter, the filter matches the entity. An entity that does not
+   * decode matches no filter.
+   */
+  allows(event: ConfigTarget, related: readonly string[]): boolean {
+    return this.selector.allows(event, related);
   }
 }
 
@@ -241,5 +298,7 @@ export function parsePushConfig(
     input.parameters = parameters;
   }
 
-  return new PushConfig(identities, filters, parameters, input);
+  // The key is the normalized text of what decides dispatch: equal texts select the same events.
+  const key = JSON.stringify([input.identities ?? null, input.filters ?? null]);
+  return new PushConfig(internSelector(key, identities, filters), parameters, input);
 }
