@@ -197,6 +197,27 @@ export async function connectClient(wsUrl: string, opts: ConnectOptions = {}): P
   };
 }
 
+/**
+ * Starts an app, runs `fn`, and closes the app and every client given to
+ * `track` whatever happens (the clients are terminated first).
+ */
+export async function withPushApp(
+  opts: PushAppOptions,
+  fn: (app: PushApp, track: (c: TestClient) => TestClient) => Promise<void>,
+): Promise<void> {
+  const app = await startPushApp(opts);
+  const clients: TestClient[] = [];
+  try {
+    await fn(app, (c) => {
+      clients.push(c);
+      return c;
+    });
+  } finally {
+    for (const c of clients) c.ws.terminate();
+    await app.close();
+  }
+}
+
 /** The outcome of a refused handshake: status, headers, parsed body. */
 export interface Refusal {
   status: number;

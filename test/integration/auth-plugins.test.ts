@@ -37,6 +37,7 @@ import {
 } from '../../plugins/client-cert/index.js';
 import { defaultJwtClaims, jwtAuthPlugin, type JwtAuthOptions } from '../../plugins/jwt/index.js';
 import { freePort } from '../helpers/brokers.js';
+import { failOnUnhandledRejections } from '../helpers/guard.js';
 import {
   connectClient,
   expectRefusal,
@@ -49,15 +50,7 @@ import { withTimeout } from '../helpers/wait.js';
 
 const WAIT_MS = 5_000;
 
-const unhandled: unknown[] = [];
-const onUnhandled = (reason: unknown): void => {
-  unhandled.push(reason);
-};
-process.on('unhandledRejection', onUnhandled);
-after(() => {
-  process.off('unhandledRejection', onUnhandled);
-  assert.deepEqual(unhandled, [], 'unhandled rejections');
-});
+failOnUnhandledRejections();
 
 function description(refusal: Refusal): string {
   const body = refusal.body as Array<{ code: number; description: string }>;

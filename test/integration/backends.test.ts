@@ -21,6 +21,7 @@ import { LocalPubSub } from '../../lib/pubsub/local.js';
 import { NatsPubSub } from '../../lib/pubsub/nats.js';
 import { RedisPubSub } from '../../lib/pubsub/redis.js';
 import { freePort, startNats, startRedis, type Broker } from '../helpers/brokers.js';
+import { failOnUnhandledRejections } from '../helpers/guard.js';
 import { deferred, waitFor, withTimeout } from '../helpers/wait.js';
 
 /** How long a payload may take to arrive. */
@@ -29,9 +30,7 @@ const DELIVERY_MS = 5_000;
 const RECOVERY_MS = 15_000;
 
 // A backend must never leave a rejection unhandled, least of all when its broker dies.
-const unhandled: unknown[] = [];
-process.on('unhandledRejection', (reason) => unhandled.push(reason));
-after(() => assert.deepEqual(unhandled, [], 'unhandled rejections'));
+failOnUnhandledRejections();
 
 interface ClientOptions {
   onError?: (error: unknown) => void;

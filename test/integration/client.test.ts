@@ -42,6 +42,7 @@ import {
 import { createPushClient as createBrowserClient } from '../../client/index.js';
 import { decodeMsgpack, encodeMsgpack } from '../../client/msgpack.js';
 import { freePort } from '../helpers/brokers.js';
+import { failOnUnhandledRejections } from '../helpers/guard.js';
 import { startPushApp, type PushApp } from '../helpers/push-app.js';
 import { deferred, waitFor, withTimeout } from '../helpers/wait.js';
 
@@ -49,9 +50,7 @@ import { deferred, waitFor, withTimeout } from '../helpers/wait.js';
 const WAIT_MS = 5_000;
 
 // The client must never leave a rejection unhandled, whatever the server does to it.
-const unhandled: unknown[] = [];
-process.on('unhandledRejection', (reason) => unhandled.push(reason));
-after(() => assert.deepEqual(unhandled, [], 'unhandled rejections'));
+failOnUnhandledRejections();
 
 const clients: PushClient[] = [];
 const apps: PushApp[] = [];

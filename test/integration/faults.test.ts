@@ -10,14 +10,10 @@ import { connect as tcpConnect, type Socket } from 'node:net';
 import { after, afterEach, before, describe, it } from 'node:test';
 import { Registry } from 'prom-client';
 import WebSocket from 'ws';
-import {
-  authPlugin,
-  definePlugin,
-  initPlugin,
-  TooManyRequestsError,
-  type Logger,
-} from '../../lib/index.js';
+import { authPlugin, definePlugin, initPlugin, TooManyRequestsError } from '../../lib/index.js';
 import { registerMetrics } from '../../plugins/metrics/index.js';
+import { failOnUnhandledRejections } from '../helpers/guard.js';
+import { memoryLogger } from '../helpers/logger.js';
 import {
   connectClient,
   expectRefusal,
@@ -27,27 +23,8 @@ import {
 } from '../helpers/push-app.js';
 import { deferred, waitFor, withTimeout } from '../helpers/wait.js';
 
-/** Fails the file on anything that escaped: the server must contain every fault. */
-const escaped: string[] = [];
-const onUnhandled = (reason: unknown): void => {
-  escaped.push(`unhandledRejection: ${String((reason as Error)?.stack ?? reason)}`);
-};
-process.on('unhandledRejection', onUnhandled);
-after(() => {
-  process.off('unhandledRejection', onUnhandled);
-  assert.deepEqual(escaped, []);
-});
-
-/** A logger that keeps lines by level. */
-function recordingLogger(): { logger: Logger; lines: Array<{ level: string; msg: string }> } {
-  const lines: Array<{ level: string; msg: string }> = [];
-  const at = (level: string) => (_obj: object, msg?: string) =>
-    lines.push({ level, msg: msg ?? '' });
-  return {
-    lines,
-    logger: { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') },
-  };
-}
+// Fail the file on anything that escaped: the server must contain every fault.
+failOnUnhandledRejections();
 
 /** One sample of the registry's text output (`name{labels} value`), as a number. */
 async function metric(registry: Registry, line: string): Promise<number | undefined> {
@@ -71,7 +48,7 @@ async function stillServes(app: PushApp, identity = 'probe'): Promise<void> {
 }
 
 describe('faults: plugin hooks that throw or hang', () => {
-  const { logger, lines } = recordingLogger();
+  const { logger, lines } = memoryLogger();
   const registry = new Registry();
   let app: PushApp;
   const neverAnswers = new Promise<never>(() => undefined);
@@ -216,7 +193,7 @@ describe('faults: plugin hooks that throw or hang', () => {
 });
 
 describe('faults: connections that fail', () => {
-  const { logger, lines } = recordingLogger();
+  const { logger, lines } = memoryLogger();
   const registry = new Registry();
   let app: PushApp;
   let release = deferred<void>();
@@ -347,7 +324,7 @@ describe('faults: an event loop blocked for a second', () => {
   let app: PushApp;
   const registry = new Registry();
   const pingInterval = 300;
-  const { logger, lines } = recordingLogger();
+  const { logger, lines } = memoryLogger();
 
   before(async () => {
     app = await startPushApp({ options: { pingInterval, logger } });

@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import express5 from 'express';
 import express4 from 'express4';
 import expressWs from 'express-ws';
@@ -30,21 +30,21 @@ import {
   TooManyRequestsError,
   UnauthorizedError,
   type AuthAction,
-  type Logger,
   type Plugin,
   type PushMiddleware,
   type PushSession,
 } from '../../lib/index.js';
+import { failOnUnhandledRejections } from '../helpers/guard.js';
+import { memoryLogger } from '../helpers/logger.js';
 import {
   connectClient,
   expectRefusal,
-  startPushApp,
   type ConnectOptions,
   type ExpressMajor,
   type PushApp,
-  type PushAppOptions,
   type Refusal,
   type TestClient,
+  withPushApp,
 } from '../helpers/push-app.js';
 import { deferred, withTimeout } from '../helpers/wait.js';
 
@@ -53,35 +53,7 @@ const WAIT_MS = 5_000;
 
 // A vanished client or a refused handshake must never surface as an unhandled rejection or an
 // uncaught exception: record them and fail the file if any happened.
-const unhandled: unknown[] = [];
-const onUnhandled = (reason: unknown): void => {
-  unhandled.push(reason);
-};
-process.on('unhandledRejection', onUnhandled);
-process.on('uncaughtException', onUnhandled);
-after(() => {
-  process.off('unhandledRejection', onUnhandled);
-  process.off('uncaughtException', onUnhandled);
-  assert.deepEqual(unhandled, [], 'unhandled rejections or uncaught exceptions');
-});
-
-/** Starts an app, runs `fn`, and closes the app and every client whatever happens. */
-async function withApp(
-  opts: PushAppOptions,
-  fn: (app: PushApp, track: (c: TestClient) => TestClient) => Promise<void>,
-): Promise<void> {
-  const app = await startPushApp(opts);
-  const clients: TestClient[] = [];
-  try {
-    await fn(app, (c) => {
-      clients.push(c);
-      return c;
-    });
-  } finally {
-    for (const c of clients) c.ws.terminate();
-    await app.close();
-  }
-}
+failOnUnhandledRejections({ uncaughtExceptions: true });
 
 /** The refusal of section 2: the status, a JSON content type and one elemental error object. */
 function assertRefusal(
@@ -107,20 +79,6 @@ function assertRefusal(
     assert.ok(['code', 'title', 'description', 'subject', 'data'].includes(key), `key ${key}`);
   }
   assert.doesNotMatch(JSON.stringify(error), /\n\s+at /, 'no stack trace');
-}
-
-/** A logger that keeps what it is given. */
-function memoryLogger(): { logger: Logger; lines: Array<{ level: string; msg: string }> } {
-  const lines: Array<{ level: string; msg: string }> = [];
-  const log =
-    (level: string) =>
-    (_obj: object, msg?: string): void => {
-      lines.push({ level, msg: msg ?? '' });
-    };
-  return {
-    lines,
-    logger: { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') },
-  };
 }
 
 /** Publishes one event and waits for the client to have `n` events in total. */
@@ -165,7 +123,7 @@ for (const major of MAJORS) {
       for (const { mount, nested } of mounts) {
         const where = nested === undefined ? mount : `${nested} in a router at ${mount}`;
         it(`at ${where}: opens and receives events`, async () => {
-          await withApp({ express: major, mount, nested }, async (app, track) => {
+          await withPushApp({ express: major, mount, nested }, async (app, track) => {
             const expectedPath = `${mount === '/' ? '' : mount}${nested ?? ''}/events`;
             assert.equal(new URL(app.wsUrl).pathname, expectedPath);
             const client = track(await connect(app.wsUrl));
@@ -176,7 +134,7 @@ for (const major of MAJORS) {
       }
 
       it('matches like Express: case-insensitive, a trailing slash allowed', async () => {
-        await withApp({ express: major, mount: '/api' }, async (app, track) => {
+        await withPushApp({ express: major, mount: '/api' }, async (app, track) => {
           const url = app.wsUrl.replace('/api/events', '/API/Events/');
           const client = track(await connect(url));
           await roundTrip(app, client, 1);
@@ -191,7 +149,7 @@ for (const major of MAJORS) {
             return next();
           },
         });
-        await withApp({ express: major, mount: '/api', plugins: [plugin] }, async (app) => {
+        await withPushApp({ express: major, mount: '/api', plugins: [plugin] }, async (app) => {
           for (const suffix of ['x', '/more', '.json']) {
             const response = await fetch(httpUrl(app.wsUrl) + suffix);
             assert.equal(response.status, 404, suffix);
@@ -206,7 +164,7 @@ for (const major of MAJORS) {
       });
 
       it('a custom `endpoint` option replaces /events', async () => {
-        await withApp(
+        await withPushApp(
           { express: major, mount: '/api', options: { endpoint: '/live/updates' } },
           async (app, track) => {
             assert.equal(app.push.endpoint, '/live/updates');
@@ -221,7 +179,7 @@ for (const major of MAJORS) {
       });
 
       it('other paths under the mount point reach the app routes after it', async () => {
-        await withApp({ express: major, mount: '/api' }, async (app) => {
+        await withPushApp({ express: major, mount: '/api' }, async (app) => {
           app.app.get('/api/health', (_req, res) => {
             res.json({ ok: true });
           });
@@ -232,7 +190,7 @@ for (const major of MAJORS) {
       });
 
       it('a plain HTTP GET of the endpoint gets 426 Upgrade Required', async () => {
-        await withApp({ express: major, mount: '/api' }, async (app) => {
+        await withPushApp({ express: major, mount: '/api' }, async (app) => {
           const response = await fetch(httpUrl(app.wsUrl));
           assert.equal(response.status, 426);
           assert.equal(response.headers.get('upgrade'), 'websocket');
@@ -267,7 +225,7 @@ for (const major of MAJORS) {
             return next();
           },
         });
-        await withApp({ express: major, plugins: [plugin] }, async (app, track) => {
+        await withPushApp({ express: major, plugins: [plugin] }, async (app, track) => {
           const url = new URL(app.wsUrl);
           url.search = 'token=secret&namespace=%2Facme&tag=a&tag=b';
           track(
@@ -292,7 +250,7 @@ for (const major of MAJORS) {
         const before = (a: express5.Express): void => {
           a.set('trust proxy', 'loopback');
         };
-        await withApp({ express: major, plugins, before }, async (app, track) => {
+        await withPushApp({ express: major, plugins, before }, async (app, track) => {
           track(await connect(app.wsUrl, { headers: { 'X-Forwarded-For': '203.0.113.7' } }));
           const session = await withTimeout(started.promise, WAIT_MS, 'onSessionStart');
           assert.equal(session.clientIP, '203.0.113.7');
@@ -383,7 +341,7 @@ for (const major of MAJORS) {
       ];
       for (const c of cases) {
         it(c.name, async () => {
-          await withApp({ express: major }, async (app) => {
+          await withPushApp({ express: major }, async (app) => {
             const refusal = await expectRefusal(app.wsUrl, {
               headers: c.headers,
               query: c.query as Record<string, string> | undefined,
@@ -396,7 +354,7 @@ for (const major of MAJORS) {
       }
 
       it('the encoding parameter wins, so headers it overrides are not checked', async () => {
-        await withApp({ express: major }, async (app, track) => {
+        await withPushApp({ express: major }, async (app, track) => {
           const headers = { 'Content-Type': 'text/plain', Accept: 'text/html' };
           track(await connect(app.wsUrl, { headers, query: { encoding: 'json' } }));
           assert.equal(app.push.sessions()[0]?.encodings.write, 'application/json');
@@ -404,7 +362,7 @@ for (const major of MAJORS) {
       });
 
       it('the media types the protocol names are accepted', async () => {
-        await withApp({ express: major }, async (app, track) => {
+        await withPushApp({ express: major }, async (app, track) => {
           const accepted: Array<Record<string, string>> = [
             { 'Content-Type': 'application/msgpack', Accept: 'application/msgpack' },
             { 'Content-Type': 'application/json; charset=utf-8', Accept: '*/*' },
@@ -423,7 +381,7 @@ for (const major of MAJORS) {
       const options = { allowedOrigins: ['https://app.example.com'] };
 
       it('a foreign origin gets 403', async () => {
-        await withApp({ express: major, options }, async (app) => {
+        await withPushApp({ express: major, options }, async (app) => {
           const refusal = await expectRefusal(app.wsUrl, {
             headers: { Origin: 'https://evil.example.com' },
           });
@@ -433,7 +391,7 @@ for (const major of MAJORS) {
       });
 
       it('an allowed origin, and a client without Origin, are accepted', async () => {
-        await withApp({ express: major, options }, async (app, track) => {
+        await withPushApp({ express: major, options }, async (app, track) => {
           track(await connect(app.wsUrl, { headers: { Origin: 'https://app.example.com' } }));
           track(await connect(app.wsUrl));
           assert.equal(app.push.sessions().length, 2);
@@ -442,7 +400,7 @@ for (const major of MAJORS) {
 
       it('a predicate decides too', async () => {
         const allowedOrigins = (origin: string): boolean => origin.endsWith('.trusted.test');
-        await withApp({ express: major, options: { allowedOrigins } }, async (app, track) => {
+        await withPushApp({ express: major, options: { allowedOrigins } }, async (app, track) => {
           track(await connect(app.wsUrl, { headers: { Origin: 'http://a.trusted.test' } }));
           const refusal = await expectRefusal(app.wsUrl, {
             headers: { Origin: 'http://trusted.test.evil' },
@@ -456,7 +414,7 @@ for (const major of MAJORS) {
       const byToken = authPlugin((s) => (s.token === 'good' ? 'ok' : 'ko'));
 
       it('KO gets 401 with the default description', async () => {
-        await withApp({ express: major, plugins: [byToken] }, async (app) => {
+        await withPushApp({ express: major, plugins: [byToken] }, async (app) => {
           const refusal = await expectRefusal(app.wsUrl, { query: { token: 'bad' } });
           assertRefusal(refusal, 401, 'Unauthorized', 'You are not authorized to start a session');
           assert.equal(app.push.sessions().length, 0);
@@ -465,7 +423,7 @@ for (const major of MAJORS) {
       });
 
       it('OK opens the session', async () => {
-        await withApp({ express: major, plugins: [byToken] }, async (app, track) => {
+        await withPushApp({ express: major, plugins: [byToken] }, async (app, track) => {
           const client = track(await connect(app.wsUrl, { query: { token: 'good' } }));
           await roundTrip(app, client, 1);
         });
@@ -481,7 +439,7 @@ for (const major of MAJORS) {
             throw new Error('token expired');
           }),
         ]) {
-          await withApp({ express: major, plugins: [plugin] }, async (app) => {
+          await withPushApp({ express: major, plugins: [plugin] }, async (app) => {
             const refusal = await expectRefusal(app.wsUrl);
             assertRefusal(refusal, 401, 'Unauthorized', 'token expired');
           });
@@ -492,7 +450,7 @@ for (const major of MAJORS) {
         const plugin = authPlugin(() => {
           throw new TooManyRequestsError('slow down');
         });
-        await withApp({ express: major, plugins: [plugin] }, async (app) => {
+        await withPushApp({ express: major, plugins: [plugin] }, async (app) => {
           assertRefusal(await expectRefusal(app.wsUrl), 429, 'Too Many Requests', 'slow down');
         });
       });
@@ -511,7 +469,7 @@ for (const major of MAJORS) {
         });
         // first says ok (or continue for token=skip), second says ko: ok must win over a later ko.
         const plugins = [answer('first', 'ok'), answer('second', 'ko'), init];
-        await withApp({ express: major, plugins }, async (app, track) => {
+        await withPushApp({ express: major, plugins }, async (app, track) => {
           track(await connect(app.wsUrl, { query: { token: 't1' } }));
           assert.deepEqual(asked, ['first:t1']);
           assert.deepEqual(inits, ['t1'], 'init plugins still run after ok');
@@ -521,7 +479,7 @@ for (const major of MAJORS) {
           assert.deepEqual(asked, ['first:skip', 'second:skip']);
         });
         const allContinue = [authPlugin(() => 'continue'), authPlugin(() => 'continue')];
-        await withApp({ express: major, plugins: allContinue }, async (app, track) => {
+        await withPushApp({ express: major, plugins: allContinue }, async (app, track) => {
           track(await connect(app.wsUrl));
           assert.equal(app.push.sessions().length, 1);
         });
@@ -536,7 +494,7 @@ for (const major of MAJORS) {
           }),
           { onSessionStart: (s) => started.resolve(s) },
         ];
-        await withApp({ express: major, plugins }, async (app, track) => {
+        await withPushApp({ express: major, plugins }, async (app, track) => {
           track(await connect(app.wsUrl));
           const session = await withTimeout(started.promise, WAIT_MS, 'onSessionStart');
           assert.deepEqual(session.claims, ['sub=alice', 'org=acme']);
@@ -548,7 +506,7 @@ for (const major of MAJORS) {
     describe('§2 authorization: an init plugin returning false or throwing is refused with 403', () => {
       it('false gets 403', async () => {
         const plugin = initPlugin((s) => s.parameter('namespace') === '/allowed');
-        await withApp({ express: major, plugins: [plugin] }, async (app, track) => {
+        await withPushApp({ express: major, plugins: [plugin] }, async (app, track) => {
           const refusal = await expectRefusal(app.wsUrl, { query: { namespace: '/other' } });
           assertRefusal(refusal, 403, 'Forbidden');
           track(await connect(app.wsUrl, { query: { namespace: '/allowed' } }));
@@ -560,14 +518,14 @@ for (const major of MAJORS) {
         const plugin = initPlugin(async () => {
           throw new Error('namespace is archived');
         });
-        await withApp({ express: major, plugins: [plugin] }, async (app) => {
+        await withPushApp({ express: major, plugins: [plugin] }, async (app) => {
           assertRefusal(await expectRefusal(app.wsUrl), 403, 'Forbidden', 'namespace is archived');
         });
       });
 
       it('a custom plugin that does not call next() refuses with 403', async () => {
         const plugin = definePlugin({ session: () => undefined });
-        await withApp({ express: major, plugins: [plugin] }, async (app) => {
+        await withPushApp({ express: major, plugins: [plugin] }, async (app) => {
           assertRefusal(await expectRefusal(app.wsUrl), 403, 'Forbidden');
         });
       });
@@ -581,7 +539,7 @@ for (const major of MAJORS) {
             },
           }),
         ];
-        await withApp({ express: major, plugins }, async (app) => {
+        await withPushApp({ express: major, plugins }, async (app) => {
           assertRefusal(await expectRefusal(app.wsUrl), 401, 'Unauthorized', 'no token');
           assertRefusal(
             await expectRefusal(app.wsUrl, { query: { token: 'ro' } }),
@@ -600,7 +558,7 @@ for (const major of MAJORS) {
           asked++;
           return 'ok';
         });
-        await withApp({ express: major, plugins: [plugin] }, async (app) => {
+        await withPushApp({ express: major, plugins: [plugin] }, async (app) => {
           await app.push.close();
           const refusal = await expectRefusal(app.wsUrl);
           assertRefusal(refusal, 503, 'Service Unavailable');
@@ -617,7 +575,7 @@ for (const major of MAJORS) {
           await release.promise;
           return 'ok';
         });
-        await withApp({ express: major, plugins: [plugin] }, async (app) => {
+        await withPushApp({ express: major, plugins: [plugin] }, async (app) => {
           const refusal = expectRefusal(app.wsUrl);
           await withTimeout(entered.promise, WAIT_MS, 'auth plugin not called');
           const closing = app.push.close();
@@ -631,7 +589,7 @@ for (const major of MAJORS) {
       it('a hanging session phase is refused with 503 after sessionTimeout', async () => {
         const plugin = authPlugin(() => new Promise<'ok'>(() => undefined));
         const options = { sessionTimeout: 100 };
-        await withApp({ express: major, plugins: [plugin], options }, async (app) => {
+        await withPushApp({ express: major, plugins: [plugin], options }, async (app) => {
           const start = Date.now();
           const refusal = await expectRefusal(app.wsUrl);
           assert.ok(Date.now() - start >= 90, 'not before the timeout');
@@ -644,9 +602,12 @@ for (const major of MAJORS) {
         const before = (a: express5.Express): void => {
           a.use('/api', () => undefined); // never answers, never calls next()
         };
-        await withApp({ express: major, before, options: { sessionTimeout: 100 } }, async (app) => {
-          assertRefusal(await expectRefusal(app.wsUrl), 503, 'Service Unavailable');
-        });
+        await withPushApp(
+          { express: major, before, options: { sessionTimeout: 100 } },
+          async (app) => {
+            assertRefusal(await expectRefusal(app.wsUrl), 503, 'Service Unavailable');
+          },
+        );
       });
     });
 
@@ -688,7 +649,7 @@ for (const major of MAJORS) {
           before: cookieCheck(calls),
           plugins: [recordingPlugin(calls)],
         };
-        await withApp(opts, async (app) => {
+        await withPushApp(opts, async (app) => {
           const limited = await expectRefusal(app.wsUrl, { headers: { Cookie: 'limited=1' } });
           assert.equal(limited.status, 429);
           assert.match(limited.contentType ?? '', /^application\/json/);
@@ -711,7 +672,7 @@ for (const major of MAJORS) {
           before: cookieCheck(calls),
           plugins: [recordingPlugin(calls)],
         };
-        await withApp(opts, async (app, track) => {
+        await withPushApp(opts, async (app, track) => {
           const client = track(await connect(app.wsUrl, { headers: { Cookie: 'sid=1' } }));
           assert.deepEqual(calls, ['mw:/api/events', 'plugin:alice']);
           await roundTrip(app, client, 1);
@@ -734,7 +695,7 @@ for (const major of MAJORS) {
           wsApp.ws('/echo', (ws) => ws.on('message', (m) => ws.send(`echo:${String(m)}`)));
           wsApp.ws('/api/chat', (ws) => ws.on('message', (m) => ws.send(`chat:${String(m)}`)));
         };
-        await withApp({ express: major, before, plugins: [plugin] }, async (app, track) => {
+        await withPushApp({ express: major, before, plugins: [plugin] }, async (app, track) => {
           const base = app.url.replace(/^http:/, 'ws:');
           assert.equal(await echo(`${base}/echo`, 'hi'), 'echo:hi');
           assert.equal(await echo(`${base}/api/chat`, 'yo'), 'chat:yo');
@@ -749,7 +710,7 @@ for (const major of MAJORS) {
     describe('§2 without attach(), the endpoint closes the socket with 1008', () => {
       it('express-ws opened it, so the endpoint refuses by policy', async () => {
         const { logger, lines } = memoryLogger();
-        await withApp(
+        await withPushApp(
           { express: major, noAttach: true, options: { logger } },
           async (app, track) => {
             const client = track(await connect(app.wsUrl));
@@ -787,7 +748,7 @@ for (const major of MAJORS) {
               return action;
             }),
           ];
-          await withApp({ express: major, plugins }, async (app, track) => {
+          await withPushApp({ express: major, plugins }, async (app, track) => {
             const url = new URL(app.wsUrl);
             url.searchParams.set('token', 'slow');
             const ws = new WebSocket(url);

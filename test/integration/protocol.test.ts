@@ -14,7 +14,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import type { Socket } from 'node:net';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { decode } from '@msgpack/msgpack';
 import WebSocket from 'ws';
 import {
@@ -26,7 +26,6 @@ import {
   PubSubError,
   pushMiddleware,
   WireEvent,
-  type Logger,
   type Plugin,
   type PubSubClient,
   type PubSubHandler,
@@ -34,29 +33,23 @@ import {
   type PushSession,
   type SessionStopInfo,
 } from '../../lib/index.js';
+import { failOnUnhandledRejections } from '../helpers/guard.js';
+import { memoryLogger } from '../helpers/logger.js';
 import {
   connectClient,
-  startPushApp,
   type ConnectOptions,
   type PushApp,
   type PushAppOptions,
   type ReceivedEvent,
   type TestClient,
+  withPushApp,
 } from '../helpers/push-app.js';
 import { deferred, waitFor, withTimeout } from '../helpers/wait.js';
 
 const WAIT_MS = 5_000;
 
 // Nothing async may escape as an unhandled rejection, whatever the test does to the server.
-const unhandled: unknown[] = [];
-const onUnhandled = (reason: unknown): void => {
-  unhandled.push(reason);
-};
-process.on('unhandledRejection', onUnhandled);
-after(() => {
-  process.off('unhandledRejection', onUnhandled);
-  assert.deepEqual(unhandled, [], 'unhandled rejections');
-});
+const unhandled = failOnUnhandledRejections();
 
 // ---------------------------------------------------------------------------
 // Harness
@@ -82,18 +75,22 @@ let tokens = 0;
 
 /** Starts an app, runs `fn`, and closes the app and every client whatever happens. */
 async function withApp(opts: PushAppOptions, fn: (h: Harness) => Promise<void>): Promise<void> {
-  const app = await startPushApp(opts);
-  const clients: TestClient[] = [];
-  const harness: Harness = {
+  await withPushApp(opts, (app, track) => fn(harness(app, track)));
+}
+
+/** The harness of one app; `track` is given every client it connects. */
+function harness(app: PushApp, track: (c: TestClient) => TestClient): Harness {
+  return {
     app,
     async connect(connectOpts = {}) {
       const token = connectOpts.query?.token ?? `peer-${++tokens}`;
-      const client = await withTimeout(
-        connectClient(app.wsUrl, { ...connectOpts, query: { ...connectOpts.query, token } }),
-        WAIT_MS,
-        `no handshake for ${token}`,
+      const client = track(
+        await withTimeout(
+          connectClient(app.wsUrl, { ...connectOpts, query: { ...connectOpts.query, token } }),
+          WAIT_MS,
+          `no handshake for ${token}`,
+        ),
       );
-      clients.push(client);
       const session = (): PushSession => {
         const found = app.push.sessions().find((s) => s.token === token);
         assert.ok(found, `no session for ${token}`);
@@ -126,12 +123,6 @@ async function withApp(opts: PushAppOptions, fn: (h: Harness) => Promise<void>):
       );
     },
   };
-  try {
-    await fn(harness);
-  } finally {
-    for (const c of clients) c.ws.terminate();
-    await app.close();
-  }
 }
 
 function isMarker(e: ReceivedEvent, n?: number): boolean {
@@ -149,20 +140,6 @@ function seen(peer: Peer): string[] {
       ? `${e.identity}/${e.type}`
       : `${e.identity}/${e.type}:${String(entity.name)}`;
   });
-}
-
-/** A logger that keeps what it is given. */
-function memoryLogger(): { logger: Logger; lines: Array<{ level: string; msg: string }> } {
-  const lines: Array<{ level: string; msg: string }> = [];
-  const log =
-    (level: string) =>
-    (_obj: object, msg?: string): void => {
-      lines.push({ level, msg: msg ?? '' });
-    };
-  return {
-    lines,
-    logger: { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') },
-  };
 }
 
 /** Every frame a ws client receives, raw. */

@@ -21,7 +21,7 @@
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
-import { after, afterEach, describe, it } from 'node:test';
+import { afterEach, describe, it } from 'node:test';
 import {
   authPlugin,
   initPlugin,
@@ -38,6 +38,7 @@ import {
   sessionLimitPlugin,
 } from '../../plugins/limits/index.js';
 import { tenantIsolationPlugin } from '../../plugins/tenant/index.js';
+import { failOnUnhandledRejections } from '../helpers/guard.js';
 import {
   connectClient,
   expectRefusal,
@@ -57,17 +58,7 @@ import { waitFor } from '../helpers/wait.js';
 
 const WAIT_MS = 5_000;
 
-const unhandled: unknown[] = [];
-const onUnhandled = (reason: unknown): void => {
-  unhandled.push(reason);
-};
-process.on('unhandledRejection', onUnhandled);
-process.on('uncaughtException', onUnhandled);
-after(() => {
-  process.off('unhandledRejection', onUnhandled);
-  process.off('uncaughtException', onUnhandled);
-  assert.deepEqual(unhandled, [], 'unhandled rejections or uncaught exceptions');
-});
+failOnUnhandledRejections({ uncaughtExceptions: true });
 
 /** Apps started by a test, closed after it whatever happened. */
 const running: PushApp[] = [];

@@ -33,6 +33,7 @@ import { NatsPubSub } from '../../lib/pubsub/nats.js';
 import { RedisPubSub } from '../../lib/pubsub/redis.js';
 import { startNats, startRedis, type Broker } from '../helpers/brokers.js';
 import * as mp from '../helpers/go-msgpack.js';
+import { failOnUnhandledRejections } from '../helpers/guard.js';
 import {
   connectClient,
   decodeEventFrame,
@@ -46,9 +47,7 @@ const DELIVERY_MS = 5_000;
 const MSGPACK = 'application/msgpack';
 
 // Nothing may escape as an unhandled rejection, whatever arrives on the topic.
-const unhandled: unknown[] = [];
-process.on('unhandledRejection', (reason) => unhandled.push(reason));
-after(() => assert.deepEqual(unhandled, [], 'unhandled rejections'));
+failOnUnhandledRejections();
 
 // ---------------------------------------------------------------------------------------------
 // Publications as a bahamut server writes them.
