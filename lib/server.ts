@@ -897,12 +897,16 @@ export class PushServer {
         this.#stats.published++;
         return;
       } catch (error) {
-        // Before connect() there is nothing to wait for: fail at once with the backend's error.
-        if (error instanceof NotConnectedError || attempt >= retries) {
+        // Before connect() there is nothing to wait for, and a refusal by the broker (a payload
+        // over max_payload, a subject it does not allow) will not change: fail at once.
+        const refused = error instanceof PubSubError && error.code === 'PUSH_PUBSUB';
+        if (error instanceof NotConnectedError || refused || attempt >= retries) {
           this.#stats.publishFailures++;
           if (error instanceof NotConnectedError) throw error;
           throw new PubSubError(
-            `publish failed after ${attempt + 1} attempts: ${(error as Error).message}`,
+            refused
+              ? `publish refused by the backend: ${error.message}`
+              : `publish failed after ${attempt + 1} attempts: ${(error as Error).message}`,
             'PUSH_PUBLISH_FAILED',
             { cause: error },
           );

@@ -738,6 +738,8 @@ describe('what push.publish() puts on NATS', () => {
         return true;
       },
     );
+    // A refusal by the broker will not change on a retry: it fails at once.
+    assert.equal(app.push.stats().publishRetries, 0);
     const fits = { ID: 'fits', blob: 'x'.repeat(1024 * 1024 - 1024) };
     await app.push.publish({ identity: 'task', type: 'create', entity: fits });
     await client.waitForEvents(1, DELIVERY_MS);
