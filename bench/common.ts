@@ -24,7 +24,14 @@ export const MODE_LABELS: Record<Mode, string> = {
  * synchronous `shouldDispatch` plugin), `config+dispatch` (both) and
  * `filter` (every session has a two-comparison filter that matches).
  */
-export const VARIANTS = ['none', 'config', 'dispatch', 'config+dispatch', 'filter'] as const;
+export const VARIANTS = [
+  'none',
+  'config',
+  'dispatch',
+  'config+dispatch',
+  'filter',
+  'tracing-unsampled',
+] as const;
 /** One per-session work variant. */
 export type Variant = (typeof VARIANTS)[number];
 

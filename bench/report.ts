@@ -261,6 +261,7 @@ export function workRows(results: BenchResults): { header: Row; rows: Row[] } | 
     dispatch: 'sync shouldDispatch plugin',
     'config+dispatch': 'push config + shouldDispatch',
     filter: 'filter `priority > 2 and status == "open"`',
+    'tracing-unsampled': 'tracing plugin, sampler samples nothing',
   };
   const rows: Row[] = [];
   for (const variant of VARIANTS) {

@@ -1014,6 +1014,15 @@ function evaluateTargets(results: BenchResults): TargetCheck[] {
         met: r >= 0.9,
       });
     }
+    const t = work.variants['tracing-unsampled']?.ratio;
+    if (t !== undefined) {
+      checks.push({
+        name: 'tracing plugin, unsampled, vs none (issue 4)',
+        measured: `${t.toFixed(2)}×`,
+        target: '≥ 0.95×',
+        met: t >= 0.95,
+      });
+    }
     const f = work.variants.filter?.ratio;
     if (f !== undefined) {
       checks.push({

@@ -14,6 +14,8 @@ import type { Duplex } from 'node:stream';
 import { once } from 'node:events';
 import { writeHeapSnapshot } from 'node:v8';
 import express from 'express';
+import jaeger from 'jaeger-client';
+import { tracingPlugin } from '../plugins/tracing/index.js';
 import expressWs from 'express-ws';
 import { WebSocketServer } from 'ws';
 import { Server as SocketIoServer, type Socket as SocketIoSocket } from 'socket.io';
@@ -101,9 +103,16 @@ async function startPushwire(): Promise<{ target: Target; port: number }> {
   const app = express();
   const ews = expressWs(app);
   const withDispatch = spec.variant === 'dispatch' || spec.variant === 'config+dispatch';
-  const push: PushMiddleware = pushMiddleware(new LocalPubSub(), 'events', {
-    plugins: withDispatch ? dispatchPlugins() : [],
-  });
+  const plugins = withDispatch ? dispatchPlugins() : [];
+  if (spec.variant === 'tracing-unsampled') {
+    // Issue 4's "no cost when off": a real jaeger tracer whose sampler samples nothing.
+    const tracer = jaeger.initTracer(
+      { serviceName: 'pushwire-bench', sampler: { type: 'const', param: 0 } },
+      { logger: { info: () => undefined, error: () => undefined } },
+    );
+    plugins.unshift(tracingPlugin({ tracer }));
+  }
+  const push: PushMiddleware = pushMiddleware(new LocalPubSub(), 'events', { plugins });
   app.use('/api', push);
   push.attach(ews);
   await push.ready;
