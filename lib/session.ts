@@ -127,9 +127,12 @@ export class ServerSession implements PushSession {
   readonly #requestSocket: Partial<TLSSocket>;
   /** True when the client sent `enableErrors` (section 4). */
   readonly enableErrors: boolean;
-  readonly #query: URLSearchParams;
+  /** The query string, parsed when a plugin asks: idle sessions do not keep a parsed copy. */
+  readonly #search: string;
   readonly #host: SessionHost;
-  readonly #abort = new AbortController();
+  /** Created when a plugin reads `signal`, for the same reason. */
+  #abort: AbortController | undefined;
+  #ended = false;
   #claims: readonly string[] = [];
   #claimsMap: Record<string, string> = claimsToMap([]);
   #metadata: unknown;
@@ -161,7 +164,7 @@ export class ServerSession implements PushSession {
     this.#headers = init.request.headers;
     this.#requestSocket = init.request.socket as Partial<TLSSocket>;
     this.enableErrors = init.query.has('enableErrors');
-    this.#query = init.query;
+    this.#search = init.query.toString();
     this.#host = init.host;
     this.clientIP = init.clientIP;
     this.encodings = init.encodings;
@@ -172,11 +175,11 @@ export class ServerSession implements PushSession {
   parameter(name: string): string | undefined {
     const fromConfig = this.config?.parameters[name];
     if (fromConfig !== undefined) return fromConfig[0];
-    return this.#query.get(name) ?? undefined;
+    return new URLSearchParams(this.#search).get(name) ?? undefined;
   }
 
   parameters(name: string): readonly string[] {
-    return this.config?.parameters[name] ?? this.#query.getAll(name);
+    return this.config?.parameters[name] ?? new URLSearchParams(this.#search).getAll(name);
   }
 
   header(name: string): string | undefined {
@@ -225,6 +228,10 @@ export class ServerSession implements PushSession {
   }
 
   get signal(): AbortSignal {
+    if (this.#abort === undefined) {
+      this.#abort = new AbortController();
+      if (this.#ended) this.#abort.abort();
+    }
     return this.#abort.signal;
   }
 
@@ -255,6 +262,7 @@ export class ServerSession implements PushSession {
   /** Ends the session's signal; called once when the socket closes. */
   abort(): void {
     this.open = false;
-    this.#abort.abort();
+    this.#ended = true;
+    this.#abort?.abort();
   }
 }
