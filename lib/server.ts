@@ -648,11 +648,11 @@ export class PushServer {
   ): Promise<void> | undefined {
     const frames = new EventFrames(event);
     const eventMs = event.timestamp.getTime();
-    let considered = 0;
+    // Every open session is considered; the set does not change during the loop.
+    const considered = this.#sessions.size;
     let filtered = 0;
     let pending: Promise<void>[] | undefined;
     for (const session of this.#sessions) {
-      considered++;
       if (session.errorState || eventMs < session.startMs) {
         filtered++;
         continue;

@@ -22,21 +22,11 @@ import {
   pushMiddleware,
   UnauthorizedError,
   type AuthAction,
-  type Logger,
 } from '../../lib/index.js';
+import { consoleLogger, demoEvent } from '../shared/demo.js';
 import { registerMetrics } from '../../plugins/metrics/index.js';
 
-/** Structured one-line logs on stdout, pino's shape. */
-const logger: Logger = {
-  // LOG_LEVEL=debug shows one line per refused and per closed session (never a credential).
-  debug:
-    process.env.LOG_LEVEL === 'debug'
-      ? (obj, msg) => console.log(JSON.stringify({ level: 'debug', msg, ...obj }))
-      : () => undefined,
-  info: (obj, msg) => console.log(JSON.stringify({ level: 'info', msg, ...obj })),
-  warn: (obj, msg) => console.warn(JSON.stringify({ level: 'warn', msg, ...obj })),
-  error: (obj, msg) => console.error(JSON.stringify({ level: 'error', msg, ...obj })),
-};
+const logger = consoleLogger();
 
 /**
  * The example's token check: every token but `bad` is accepted. A real
@@ -149,18 +139,8 @@ const ticker =
   interval > 0
     ? setInterval(() => {
         counter++;
-        const priority = 1 + (counter % 5);
         push
-          .publish({
-            identity: counter % 3 === 0 ? 'user' : 'task',
-            type: counter % 4 === 0 ? 'update' : 'create',
-            entity: {
-              ID: String(counter),
-              name: `item ${counter}`,
-              priority,
-              status: priority > 2 ? 'open' : 'done',
-            },
-          })
+          .publish(demoEvent(counter))
           .catch((error: unknown) => logger.error({ err: String(error) }, 'demo publish failed'));
       }, interval)
     : undefined;

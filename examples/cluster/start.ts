@@ -30,16 +30,11 @@ import {
   type PubSubClient,
   type PushMiddleware,
 } from '../../lib/index.js';
+import { consoleLogger, demoEvent } from '../shared/demo.js';
 import { NatsPubSub } from '../../lib/pubsub/nats.js';
 import { RedisPubSub } from '../../lib/pubsub/redis.js';
 
-/** Structured one-line logs on stdout, pino's shape. */
-const logger: Logger = {
-  debug: () => undefined,
-  info: (obj, msg) => console.log(JSON.stringify({ level: 'info', msg, ...obj })),
-  warn: (obj, msg) => console.warn(JSON.stringify({ level: 'warn', msg, ...obj })),
-  error: (obj, msg) => console.error(JSON.stringify({ level: 'error', msg, ...obj })),
-};
+const logger = consoleLogger();
 
 const PUBLIC = fileURLToPath(new URL('../basic/public', import.meta.url));
 const TOPIC = 'events';
@@ -219,18 +214,8 @@ async function main(): Promise<void> {
   const heartbeat = servers[0];
   ticker = setInterval(() => {
     counter++;
-    const priority = 1 + (counter % 5);
     heartbeat?.push
-      .publish({
-        identity: counter % 3 === 0 ? 'user' : 'task',
-        type: counter % 4 === 0 ? 'update' : 'create',
-        entity: {
-          ID: String(counter),
-          name: `item ${counter}`,
-          priority,
-          publishedBy: heartbeat.name,
-        },
-      })
+      .publish(demoEvent(counter, { publishedBy: heartbeat.name }))
       // During a broker outage publish rejects (after the retries): log it and carry on.
       .catch((error: unknown) => logger.warn({ err: String(error) }, 'heartbeat publish failed'));
   }, 2000);

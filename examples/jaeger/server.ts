@@ -27,18 +27,12 @@ import {
   LocalPubSub,
   pushMiddleware,
   UnauthorizedError,
-  type Logger,
   type Plugin,
 } from '../../lib/index.js';
+import { consoleLogger } from '../shared/demo.js';
 import { tracingPlugin } from '../../plugins/tracing/index.js';
 
-/** Structured one-line logs on stdout, pino's shape. */
-const logger: Logger = {
-  debug: () => undefined,
-  info: (obj, msg) => console.log(JSON.stringify({ level: 'info', msg, ...obj })),
-  warn: (obj, msg) => console.warn(JSON.stringify({ level: 'warn', msg, ...obj })),
-  error: (obj, msg) => console.error(JSON.stringify({ level: 'error', msg, ...obj })),
-};
+const logger = consoleLogger();
 
 // jaeger-client reads every JAEGER_* variable itself; what is passed here wins over them,
 // so only the defaults of this example are set, and only where the variable is absent.
