@@ -52,6 +52,7 @@ import {
   decodePushConfigMessage,
   parsePushConfig,
   PushConfigError,
+  VERDICT_MEMO_SLOTS,
 } from './protocol/push-config.js';
 import type { PubSubClient, Unsubscribe } from './pubsub/contract.js';
 import { ServerSession, type PushSession } from './session.js';
@@ -62,6 +63,20 @@ const kSession = Symbol('pushwire.session');
 type SessionSocket = WebSocket & { [kSession]: ServerSession };
 const NO_IDENTITIES: readonly string[] = [];
 const NO_PREDICATES: readonly DispatchPredicate[] = [];
+/**
+ * The most events fanned out in one walk over the sessions: bounds the
+ * combined frame a session gets in one write and stays within the verdict
+ * memo of push-config selectors.
+ */
+const MAX_BATCH = VERDICT_MEMO_SLOTS;
+
+/** What #admit decided for a write. */
+const Admission = { Admitted: 0, Closed: 1, Dropped: 2 } as const;
+type Admission = (typeof Admission)[keyof typeof Admission];
+
+function newStats(): DispatchStats {
+  return { considered: 0, sent: 0, filtered: 0, dropped: 0 };
+}
 
 /** Counters of one push middleware since it started. */
 export interface PushStats {
@@ -175,6 +190,47 @@ class EventFrames {
   }
 }
 
+/** An event waiting in the batch of this turn for its fan-out. */
+interface BatchedEvent {
+  event: WireEvent;
+  /** The event's timestamp in ms (compared with each session's start). */
+  ms: number;
+  frames: EventFrames;
+  related: readonly string[];
+  predicates: readonly DispatchPredicate[];
+  stats: DispatchStats | undefined;
+  /** performance.now() at receipt, for onDispatch when no plugin reports it; -1: nobody listens. */
+  receivedAt: number;
+  /** The dispatch chain's `next()` resolving: called with what is still pending (async predicates). */
+  done: ((fanOut: Promise<void> | undefined) => void) | undefined;
+  /** Deferred writes behind async verdicts. */
+  pending: Promise<void>[] | undefined;
+}
+
+/** The frames of every event of a batch, end to end, built at most once per encoding. */
+class BatchFrames {
+  #json: Buffer | null | undefined;
+  #msgpack: Buffer | null | undefined;
+  constructor(private readonly batch: readonly BatchedEvent[]) {}
+
+  /** The concatenated frames, or undefined when an event cannot be encoded in this encoding. */
+  for(binary: boolean): Buffer | undefined {
+    let frames = binary ? this.#msgpack : this.#json;
+    if (frames === undefined) {
+      const parts: Buffer[] = [];
+      for (const item of this.batch) {
+        const frame = item.frames.for(binary);
+        if (frame === undefined) break;
+        parts.push(frame);
+      }
+      frames = parts.length === this.batch.length ? Buffer.concat(parts) : null;
+      if (binary) this.#msgpack = frames;
+      else this.#json = frames;
+    }
+    return frames ?? undefined;
+  }
+}
+
 /** One push server: its sessions, its subscription, its plugins. */
 export class PushServer {
   readonly options: ResolvedOptions;
@@ -212,7 +268,13 @@ export class PushServer {
   readonly #publishChain:
     | ((ctx: PublishContext, last: (ctx: PublishContext) => Promise<void>) => Promise<void>)
     | undefined;
+  /** Events whose dispatch plugins went async, and those waiting behind them. */
   #dispatchTail: Promise<void> = Promise.resolve();
+  #waitingDispatches = 0;
+  /** The events of this turn, fanned out together at the next tick. */
+  #batch: BatchedEvent[] = [];
+  /** Scratch for #fanOut: which events of the batch pass for the session at hand. */
+  readonly #passed: boolean[] = new Array<boolean>(MAX_BATCH).fill(false);
   /** onDispatch listeners; replaced, never mutated, so a report loop sees a stable list. Empty: no clock read per event. */
   #dispatchListeners: readonly ((info: DispatchInfo) => void)[] = [];
   #unsubscribe: Unsubscribe | undefined;
@@ -531,6 +593,8 @@ export class PushServer {
   }
 
   #sendError(session: ServerSession, error: PushError): void {
+    // Events received before this error go first.
+    this.#flushBatch();
     const event = new WireEvent({
       identity: '',
       type: 'error',
@@ -552,6 +616,8 @@ export class PushServer {
       }
     });
     if (!session.open || session.errorState) return;
+    // Events received from the topic before this call are written first.
+    this.#flushBatch();
     for (const event of prepared) {
       if (event.timestamp.getTime() < session.startMs) continue;
       if (session.config !== undefined && !session.config.allows(event, NO_IDENTITIES)) continue;
@@ -563,6 +629,12 @@ export class PushServer {
 
   // -------------------------------------------------------------------------
   // Dispatch
+  //
+  // Events are fanned out in batches: those received in one turn of the event loop (a broker
+  // hands several over in one read) wait in #batch until the next tick, then one walk over the
+  // sessions checks each session against all of them and writes what passes — as one frame
+  // buffer per encoding when every event passes, which is the common case. One walk per event
+  // cost a pass over every session's state per event (the CPU profile of issue 7's benchmark).
 
   #onPayload(payload: Uint8Array): void {
     if (this.#closing) return;
@@ -572,10 +644,9 @@ export class PushServer {
     let publication: DecodedPublication;
     try {
       // The decoded event keeps views into `payload` (entity bytes, forwarded MessagePack), and
-      // a backend may reuse its buffer once this handler returns: the async path works on a copy.
-      publication = decodePublication(
-        this.#dispatchChain === undefined ? payload : Uint8Array.prototype.slice.call(payload),
-      );
+      // a backend may reuse its buffer once this handler returns (NATS does), while the event
+      // waits in the batch until the next tick: it works on a copy (one per event, not per session).
+      publication = decodePublication(Uint8Array.prototype.slice.call(payload));
     } catch (error) {
       this.#stats.eventsUndecodable++;
       this.options.logger.warn(
@@ -585,113 +656,252 @@ export class PushServer {
       return;
     }
     if (this.#dispatchChain === undefined) {
-      // The fast path: no plugin, no predicate, so no promise is ever returned.
-      if (receivedAt < 0) {
-        void this.#fanOut(publication.event, NO_IDENTITIES, NO_PREDICATES, undefined);
-        return;
-      }
-      const stats: DispatchStats = { considered: 0, sent: 0, filtered: 0, dropped: 0 };
-      void this.#fanOut(publication.event, NO_IDENTITIES, NO_PREDICATES, stats);
-      this.#reportDispatch(receivedAt, stats);
+      // No plugin: nothing can be async; the event joins this turn's batch.
+      const stats = receivedAt >= 0 ? newStats() : undefined;
+      this.#enqueue(publication.event, NO_IDENTITIES, NO_PREDICATES, stats, receivedAt, undefined);
       return;
     }
-    // Plugins may be async: events are dispatched one after the other to keep their order.
-    this.#dispatchTail = this.#dispatchTail.then(() => this.#runDispatch(publication, receivedAt));
+    if (this.#waitingDispatches === 0) {
+      // Nothing waits before this event: run its chain now. Plugins that call next() without
+      // awaiting first (the usual shouldDispatch, an unsampled tracer) put it in this turn's batch.
+      const pending = this.#runDispatch(publication, receivedAt);
+      if (pending !== undefined) this.#waitBehind(() => pending);
+      return;
+    }
+    // An earlier event's plugins are still working: wait for them, to keep the order.
+    this.#waitBehind(() => this.#runDispatch(publication, receivedAt));
   }
 
-  /** `receivedAt`: performance.now() when the payload arrived, or -1 when nobody listens to onDispatch. */
-  async #runDispatch(publication: DecodedPublication, receivedAt: number): Promise<void> {
+  /** Appends a step to the queue of dispatches that must finish before later events run. */
+  #waitBehind(step: () => Promise<void> | undefined): void {
+    this.#waitingDispatches++;
+    this.#dispatchTail = this.#dispatchTail.then(step).finally(() => {
+      this.#waitingDispatches--;
+    });
+  }
+
+  /**
+   * Runs the dispatch chain of one event. Returns undefined when the chain
+   * reached the fan-out synchronously (later events may go ahead: this one
+   * is in the batch before them), else a promise that settles (never
+   * rejects) once the chain finished, failed or timed out.
+   */
+  #runDispatch(publication: DecodedPublication, receivedAt: number): Promise<void> | undefined {
     const { event, ...headers } = publication;
     const ctx: DispatchContext = {
       event,
       publication: headers,
       relatedIdentities: [],
       predicates: [],
-      stats: { considered: 0, sent: 0, filtered: 0, dropped: 0 },
+      stats: newStats(),
       state: {},
     };
     let abandoned = false;
+    let reached = false;
     const chain = this.#dispatchChain;
-    if (chain === undefined) return;
-    try {
-      await withTimeout(
-        // Not skipped while closing: close() waits for this queue so that events received
-        // before it are delivered (issue 9); past closeTimeout, writes to closing sockets are no-ops.
-        chain(ctx, (c) =>
-          abandoned ? undefined : this.#fanOut(c.event, c.relatedIdentities, c.predicates, c.stats),
-        ),
-        this.options.dispatchTimeout,
-        () =>
-          new Error(`dispatch plugins did not finish within ${this.options.dispatchTimeout} ms`),
-      );
-      if (receivedAt >= 0) this.#reportDispatch(receivedAt, ctx.stats);
-    } catch (error) {
+    if (chain === undefined) return undefined;
+    // Not skipped while closing: close() flushes and waits for these so that events received
+    // before it are delivered (issue 9); past closeTimeout, writes to closing sockets are no-ops.
+    const run = chain(ctx, (c) => {
+      if (abandoned) return undefined;
+      reached = true;
+      return new Promise<void>((resolve) => {
+        this.#enqueue(c.event, c.relatedIdentities, c.predicates, c.stats, -1, resolve);
+      });
+    });
+    const failed = (error: unknown): void => {
       abandoned = true;
       this.#stats.dispatchErrors++;
       this.options.logger.warn(
         { identity: event.identity, type: event.type, err: describeError(error) },
         'pushwire: event not dispatched: a dispatch plugin failed',
       );
+    };
+    const report = (): void => {
+      if (receivedAt >= 0) this.#reportDispatch(receivedAt, ctx.stats);
+    };
+    if (reached) {
+      // Its place in the order is taken; what the plugins do after next() needs no timeout
+      // to protect later events.
+      run.then(report, failed);
+      return undefined;
     }
+    return withTimeout(
+      run,
+      this.options.dispatchTimeout,
+      () => new Error(`dispatch plugins did not finish within ${this.options.dispatchTimeout} ms`),
+    ).then(report, failed);
   }
 
-  /**
-   * Steps 1-5 of PROTOCOL.md section 5 for every open session. Synchronous
-   * unless a predicate returns a promise; then the returned promise settles
-   * when those sessions have been decided.
-   */
-  #fanOut(
+  /** Adds an event to this turn's batch. `done` is called once its fan-out ended. */
+  #enqueue(
     event: WireEvent,
     related: readonly string[],
     predicates: readonly DispatchPredicate[],
     stats: DispatchStats | undefined,
-  ): Promise<void> | undefined {
-    const frames = new EventFrames(event);
-    const eventMs = event.timestamp.getTime();
+    receivedAt: number,
+    done: ((fanOut: Promise<void> | undefined) => void) | undefined,
+  ): void {
+    const length = this.#batch.push({
+      event,
+      ms: event.timestamp.getTime(),
+      frames: new EventFrames(event),
+      related,
+      predicates,
+      stats,
+      receivedAt,
+      done,
+      pending: undefined,
+    });
+    if (length === 1) process.nextTick(this.#flushBatch);
+    // A long burst is fanned out in slices: a bounded combined frame, and verdict memos
+    // (VERDICT_MEMO_SLOTS) that hold every event of a batch.
+    else if (length >= MAX_BATCH) this.#flushBatch();
+  }
+
+  /** Fans out the events waiting in the batch, in order. Called at the next tick, or before a direct write. */
+  readonly #flushBatch = (): void => {
+    const batch = this.#batch;
+    if (batch.length === 0) return;
+    this.#batch = [];
+    this.#fanOut(batch);
+    for (const item of batch) {
+      if (item.frames.failed) {
+        this.#stats.eventsUndecodable++;
+        this.options.logger.warn(
+          { identity: item.event.identity, type: item.event.type },
+          'pushwire: dropped an event whose entity does not decode',
+        );
+      }
+      const fanOut =
+        item.pending === undefined ? undefined : Promise.all(item.pending).then(() => undefined);
+      if (item.done !== undefined) item.done(fanOut);
+      else if (item.receivedAt >= 0 && item.stats !== undefined) {
+        this.#reportDispatch(item.receivedAt, item.stats);
+      }
+    }
+  };
+
+  /** Steps 1-5 of PROTOCOL.md section 5, for every open session and every event of a batch. */
+  #fanOut(batch: BatchedEvent[]): void {
+    const count = batch.length;
     // Every open session is considered; the set does not change during the loop.
     const considered = this.#sessions.size;
+    let plain = true;
+    let oldest = Infinity;
+    for (const item of batch) {
+      if (item.stats !== undefined) item.stats.considered += considered;
+      if (item.predicates.length > 0) plain = false;
+      if (item.ms < oldest) oldest = item.ms;
+    }
+    const combined = count > 1 ? new BatchFrames(batch) : undefined;
+    const passed = this.#passed;
     let filtered = 0;
-    let pending: Promise<void>[] | undefined;
     for (const session of this.#sessions) {
-      if (session.errorState || eventMs < session.startMs) {
-        filtered++;
+      if (session.errorState) {
+        filtered += count;
+        for (const item of batch) if (item.stats !== undefined) item.stats.filtered++;
+        continue;
+      }
+      if (session.asyncTail !== undefined) {
+        // An async verdict is pending for this session: its events queue behind it.
+        filtered += this.#fanOutToSession(session, batch, 0);
         continue;
       }
       const config = session.config;
-      if (config !== undefined && !config.allows(event, related)) {
-        filtered++;
+      const startMs = session.startMs;
+      let passing = count;
+      let asyncAt = -1;
+      let asyncVerdict: Promise<boolean> | undefined;
+      if (!plain || config !== undefined || oldest < startMs) {
+        passing = 0;
+        for (let i = 0; i < count; i++) {
+          const item = batch[i] as BatchedEvent;
+          let ok =
+            item.ms >= startMs && (config === undefined || config.allows(item.event, item.related));
+          if (ok && item.predicates.length > 0) {
+            const verdict = this.#checkPredicates(session, item.predicates);
+            if (verdict !== true && verdict !== false) {
+              asyncAt = i;
+              asyncVerdict = verdict;
+              break;
+            }
+            ok = verdict;
+          }
+          passed[i] = ok;
+          if (ok) passing++;
+          else {
+            filtered++;
+            if (item.stats !== undefined) item.stats.filtered++;
+          }
+        }
+      }
+      if (asyncAt >= 0) {
+        // Events before the async verdict go now; it and those after it wait for it, in order.
+        this.#writeEach(session, batch, asyncAt);
+        const item = batch[asyncAt] as BatchedEvent;
+        const deferred = this.#deferWrite(
+          session,
+          asyncVerdict as Promise<boolean>,
+          item.frames,
+          item.stats,
+        );
+        (item.pending ??= []).push(deferred);
+        filtered += this.#fanOutToSession(session, batch, asyncAt + 1);
         continue;
       }
-      let verdict: boolean | Promise<boolean> = true;
-      if (predicates.length > 0) verdict = this.#checkPredicates(session, predicates);
-      if (verdict === false) {
-        filtered++;
-        continue;
+      if (passing === 0) continue;
+      if (passing === count) {
+        const frame =
+          combined === undefined
+            ? (batch[0] as BatchedEvent).frames.for(session.binary)
+            : combined.for(session.binary);
+        if (frame !== undefined && this.#writeBatch(session, frame, batch)) continue;
+        // One of the events cannot be encoded for this session, or together they do not fit
+        // within its bound: one frame each.
+        passed.fill(true, 0, count);
       }
-      if (verdict === true && session.asyncTail === undefined) {
-        const frame = frames.for(session.binary);
-        // Skip only this session: a `break` here made the sessions of the other encoding
-        // get the event or not depending on the order sessions happened to connect in.
-        if (frame === undefined) continue;
-        this.#write(session, frame, stats);
-        continue;
-      }
-      // Slow path: an async predicate for this session, or one still pending from an earlier event.
-      (pending ??= []).push(this.#deferWrite(session, verdict, frames, stats));
+      this.#writeEach(session, batch, count);
     }
     this.#stats.filtered += filtered;
-    if (stats !== undefined) {
-      stats.considered += considered;
-      stats.filtered += filtered;
+  }
+
+  /** Writes, one frame each, the events before `end` that #fanOut marked as passing. */
+  #writeEach(session: ServerSession, batch: readonly BatchedEvent[], end: number): void {
+    const passed = this.#passed;
+    for (let i = 0; i < end; i++) {
+      if (!passed[i]) continue;
+      const item = batch[i] as BatchedEvent;
+      // Skip only this event: a `break` here made the sessions of the other encoding get the
+      // event or not depending on the order sessions happened to connect in.
+      const frame = item.frames.for(session.binary);
+      if (frame !== undefined) this.#write(session, frame, item.stats);
     }
-    if (frames.failed) {
-      this.#stats.eventsUndecodable++;
-      this.options.logger.warn(
-        { identity: event.identity, type: event.type },
-        'pushwire: dropped an event whose entity does not decode',
-      );
+  }
+
+  /**
+   * The fan-out of a batch's events from `from` on to a session that has an
+   * async verdict pending: each event that passes the synchronous checks
+   * waits behind it. Returns how many events it filtered synchronously.
+   */
+  #fanOutToSession(session: ServerSession, batch: readonly BatchedEvent[], from: number): number {
+    let filtered = 0;
+    for (let i = from; i < batch.length; i++) {
+      const item = batch[i] as BatchedEvent;
+      let verdict: boolean | Promise<boolean> =
+        item.ms >= session.startMs &&
+        (session.config === undefined || session.config.allows(item.event, item.related));
+      if (verdict && item.predicates.length > 0) {
+        verdict = this.#checkPredicates(session, item.predicates);
+      }
+      if (verdict === false) {
+        filtered++;
+        if (item.stats !== undefined) item.stats.filtered++;
+        continue;
+      }
+      (item.pending ??= []).push(this.#deferWrite(session, verdict, item.frames, item.stats));
     }
-    return pending === undefined ? undefined : Promise.all(pending).then(() => undefined);
+    return filtered;
   }
 
   #checkPredicates(
@@ -757,12 +967,57 @@ export class PushServer {
     return tail;
   }
 
-  /** Writes one frame to a session, coalesced per turn, within its buffer bound. */
+  /** Writes one event's frame to a session, coalesced per turn, within its buffer bound. */
   #write(session: ServerSession, frame: Buffer, stats: DispatchStats | undefined): void {
+    const admitted = this.#admit(session, 1);
+    if (admitted === Admission.Closed) return;
+    if (admitted === Admission.Dropped) {
+      if (stats) stats.dropped++;
+      return;
+    }
+    (session.socket as Socket).write(frame);
+    this.#stats.deliveries++;
+    if (stats) stats.sent++;
+  }
+
+  /**
+   * Writes the frames of every event of a batch (concatenated) to a session,
+   * as #write does. Returns false, having written nothing, when they would
+   * take its buffer past the bound: then each is written (or dropped) alone,
+   * so the bound holds to one frame as it does for single events.
+   */
+  #writeBatch(session: ServerSession, frames: Buffer, batch: readonly BatchedEvent[]): boolean {
+    const socket = session.socket;
+    const bound = this.options.maxBufferedBytes;
+    if (socket !== undefined && socket.writableLength + frames.length > bound) {
+      if (!session.corked) return false;
+      // This turn's corked bytes are not the client's backlog (see #admit).
+      socket.uncork();
+      socket.cork();
+      if (socket.writableLength + frames.length > bound) return false;
+    }
+    const admitted = this.#admit(session, batch.length);
+    if (admitted === Admission.Closed) return true;
+    if (admitted === Admission.Dropped) {
+      for (const item of batch) if (item.stats !== undefined) item.stats.dropped++;
+      return true;
+    }
+    (session.socket as Socket).write(frames);
+    this.#stats.deliveries += batch.length;
+    for (const item of batch) if (item.stats !== undefined) item.stats.sent++;
+    return true;
+  }
+
+  /**
+   * Whether `events` frames may be written to a session now: not when it is
+   * closed, nor past its buffer bound (counted as dropped, with the slow
+   * consumer policy applied). Corks the socket for this turn.
+   */
+  #admit(session: ServerSession, events: number): Admission {
     const socket = session.socket;
     const ws = session.ws;
     if (socket === undefined || ws === undefined || ws.readyState !== WS_OPEN || !socket.writable) {
-      return;
+      return Admission.Closed;
     }
     if (session.corked && socket.writableLength > this.options.maxBufferedBytes) {
       // What is corked in this turn is not the client's backlog: hand it to the kernel before
@@ -771,11 +1026,10 @@ export class PushServer {
       socket.cork();
     }
     if (socket.writableLength > this.options.maxBufferedBytes) {
-      session.dropped++;
-      this.#stats.dropped++;
-      if (stats) stats.dropped++;
+      session.dropped += events;
+      this.#stats.dropped += events;
       if (this.options.slowConsumerPolicy === 'close') this.#closeSlowConsumer(session);
-      return;
+      return Admission.Dropped;
     }
     if (!session.corked) {
       session.corked = true;
@@ -786,9 +1040,7 @@ export class PushServer {
         process.nextTick(this.#uncorkAll);
       }
     }
-    socket.write(frame);
-    this.#stats.deliveries++;
-    if (stats) stats.sent++;
+    return Admission.Admitted;
   }
 
   readonly #uncorkAll = (): void => {
@@ -968,9 +1220,11 @@ export class PushServer {
       this.options.logger.warn({ err: describeError(error) }, 'pushwire: unsubscribe failed');
     }
     // Events already received finish their dispatch (bounded by the deadline).
+    this.#flushBatch();
     await withTimeout(this.#dispatchTail, left(), () => new Error('dispatch pending')).catch(
       () => undefined,
     );
+    this.#flushBatch();
     this.#uncorkAll();
     const sessions = [...this.#sessions];
     // Each session is closed as soon as its own buffer drained: a client that stopped reading

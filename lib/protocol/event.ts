@@ -100,8 +100,16 @@ export function encodeEntity(entity: unknown): Uint8Array {
   return encode(entity);
 }
 
+/** Numbers WireEvents in the order they are made (wraps; only neighbours need to differ). */
+let nextMemoKey = 0;
+
 /** An event received from the topic, decoded lazily: the entity is decoded at most once. */
 export class WireEvent {
+  /**
+   * This event's number among the latest events, which push-config
+   * selectors use to remember their verdict on it.
+   */
+  readonly memoKey: number = (nextMemoKey = (nextMemoKey + 1) & 0x3fffffff);
   /** The kind of object. */
   readonly identity: string;
   /** The event type. */

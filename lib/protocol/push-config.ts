@@ -53,22 +53,42 @@ export interface ConfigTarget {
   readonly identity: string;
   readonly type: string;
   readonly entity: unknown;
+  /**
+   * A number that differs between events received one after the other
+   * (WireEvent numbers them): it picks the verdict memo's slot.
+   */
+  readonly memoKey?: number;
+}
+
+/**
+ * Verdicts remembered per selector: the fan-out checks the events of one
+ * turn session by session (event 1, 2…, then the next session), so one
+ * remembered verdict would be overwritten before anyone reused it. A power
+ * of two, at least the largest batch the fan-out makes.
+ */
+export const VERDICT_MEMO_SLOTS = 32;
+
+/** A selector's remembered verdicts, slot by slot. */
+interface VerdictMemo {
+  events: (ConfigTarget | undefined)[];
+  related: (readonly string[] | undefined)[];
+  verdicts: boolean[];
 }
 
 /**
  * The part of a push config that decides which events pass (identities,
- * types, filters), shared by every session that sent the same one, with the
- * verdict on the last event remembered: 1,000 sessions with one config cost
- * one evaluation per event, not 1,000.
+ * types, filters), shared by every session that sent the same one, with its
+ * verdicts on the latest events remembered: 1,000 sessions with one config
+ * cost one evaluation per event, not 1,000.
  */
 export class ConfigSelector {
   /** Identity → accepted types (null: all types); null when every event passes this step. */
   readonly identities: ReadonlyMap<string, ReadonlySet<string> | null> | null;
   /** Identity → compiled filter. */
   readonly filters: ReadonlyMap<string, CompiledFilter>;
-  #lastEvent: ConfigTarget | undefined;
-  #lastRelated: readonly string[] | undefined;
-  #lastVerdict = false;
+  // Created on the first evaluation: most sessions' selectors are shared, but an idle
+  // server with many distinct configs should not pay for memo slots it never uses.
+  #memo: VerdictMemo | undefined;
 
   constructor(
     identities: Map<string, Set<string> | null> | null,
@@ -82,14 +102,22 @@ export class ConfigSelector {
   allows(event: ConfigTarget, related: readonly string[]): boolean {
     if (this.identities === null) return true;
     // Events are immutable once received, so the verdict for the same event object holds.
-    if (event === this.#lastEvent && related === this.#lastRelated) return this.#lastVerdict;
+    const slot = (event.memoKey ?? 0) & (VERDICT_MEMO_SLOTS - 1);
+    const memo = (this.#memo ??= {
+      events: new Array<undefined>(VERDICT_MEMO_SLOTS).fill(undefined),
+      related: new Array<undefined>(VERDICT_MEMO_SLOTS).fill(undefined),
+      verdicts: new Array<boolean>(VERDICT_MEMO_SLOTS).fill(false),
+    });
+    if (memo.events[slot] === event && memo.related[slot] === related) {
+      return memo.verdicts[slot] as boolean;
+    }
     let verdict = this.#allowsIdentity(event.identity, event);
     for (let i = 0; !verdict && i < related.length; i++) {
       verdict = this.#allowsIdentity(related[i] as string, event);
     }
-    this.#lastEvent = event;
-    this.#lastRelated = related;
-    this.#lastVerdict = verdict;
+    memo.events[slot] = event;
+    memo.related[slot] = related;
+    memo.verdicts[slot] = verdict;
     return verdict;
   }
 

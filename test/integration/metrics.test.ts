@@ -241,15 +241,18 @@ describe('metrics plugin', () => {
     );
   });
 
-  it('keeps the synchronous dispatch path: the fan-out is done when the backend handler returns', async () => {
+  it('keeps the plugin-free dispatch path: the fan-out is done by the tick after the backend handler', async () => {
     // A subscriber registered after the server's runs right after it in the same delivery
-    // loop; had metrics moved dispatch onto the async path, nothing would be counted yet.
+    // loop, and its nextTick after the server's batch flush: had metrics moved dispatch onto
+    // a promise chain, nothing would be counted yet.
     const bus = new LocalPubSub();
     app = await startPushApp({ pubsub: bus });
     registerMetrics(app.push, { registry: new Registry() });
     const client = await connectClient(app.wsUrl);
     const seen: number[] = [];
-    await bus.subscribe('events', () => seen.push(app?.push.stats().deliveries ?? -1));
+    await bus.subscribe('events', () =>
+      process.nextTick(() => seen.push(app?.push.stats().deliveries ?? -1)),
+    );
     await app.push.publish({ identity: 'a', type: 'create', entity: {} });
     await client.waitForEvents(1);
     assert.deepEqual(seen, [1]);

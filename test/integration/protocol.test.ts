@@ -734,6 +734,95 @@ describe('§5 dispatch, step 5: each event is encoded at most once per encoding'
   });
 });
 
+describe('§5 dispatch in batches: the events of one turn share one walk over the sessions', () => {
+  it('a long burst with per-session configs: each session gets its own events, in order', async () => {
+    // 70 events in one turn: more than one batch (32), alternating types, half matching a filter.
+    const burst = Array.from({ length: 70 }, (_, i) =>
+      task(String(i), { n: i }, i % 2 === 0 ? 'create' : 'update'),
+    );
+    await withApp({}, async (h) => {
+      const everything = await h.connect();
+      const updates = await h.connect({ query: { encoding: 'msgpack' } });
+      const bigOnes = await h.connect();
+      const nothing = await h.connect({ query: { encoding: 'msgpack' } });
+      await updates.configure({ identities: { task: ['update'], marker: [] } });
+      await bigOnes.configure({
+        identities: { task: [], marker: [] },
+        filters: { task: 'n >= 50' },
+      });
+      await nothing.configure({ identities: { marker: [] } });
+      const infos: Array<{ considered: number; sent: number; filtered: number }> = [];
+      const remove = h.app.push.onDispatch((info) => infos.push(info));
+      await h.app.push.publish(...burst);
+      await h.marker(1, everything, updates, bigOnes, nothing);
+      remove();
+      const names = (keep: (i: number) => boolean): string[] =>
+        burst.flatMap((e, i) => (keep(i) ? [`task/${e.type}:${i}`] : []));
+      assert.deepEqual(seen(everything), [...names(() => true), 'marker:1']);
+      assert.deepEqual(seen(updates), [...names((i) => i % 2 === 1), 'marker:1']);
+      assert.deepEqual(seen(bigOnes), [...names((i) => i >= 50), 'marker:1']);
+      assert.deepEqual(seen(nothing), ['marker:1']);
+      // One report per event, counted per event: sessions that got it vs those that did not.
+      assert.equal(infos.length, 71);
+      for (const [i, info] of infos.slice(0, 70).entries()) {
+        const sent = 1 + (i % 2 === 1 ? 1 : 0) + (i >= 50 ? 1 : 0);
+        assert.deepEqual(
+          { considered: info.considered, sent: info.sent, filtered: info.filtered },
+          { considered: 4, sent, filtered: 4 - sent },
+          `event ${i}`,
+        );
+      }
+    });
+  });
+
+  it('a dispatch plugin that is async for some events only: every session keeps the order', async () => {
+    const gate = deferred();
+    const plugin = definePlugin({
+      // Synchronous for most events (they join the batch at once), async for "slow" ones:
+      // the events after a slow one must wait for it, not overtake it.
+      dispatch(ctx, next) {
+        if ((ctx.event.entity as { name?: string }).name?.startsWith('slow')) {
+          return gate.promise.then(next);
+        }
+        return next();
+      },
+    });
+    await withApp({ plugins: [plugin] }, async (h) => {
+      const peers = [await h.connect(), await h.connect({ query: { encoding: 'msgpack' } })];
+      await h.app.push.publish(task('1'), task('2'), task('slow-3'), task('4'), task('5'));
+      await h.app.push.publish(task('6'));
+      // Events before the slow one are out already; nothing after it is.
+      await Promise.all(peers.map((p) => p.client.waitForEvents(2, WAIT_MS)));
+      gate.resolve();
+      await h.marker(1, ...peers);
+      for (const peer of peers) {
+        assert.deepEqual(seen(peer), [
+          'task/create:1',
+          'task/create:2',
+          'task/create:slow-3',
+          'task/create:4',
+          'task/create:5',
+          'task/create:6',
+          'marker:1',
+        ]);
+      }
+    });
+  });
+
+  it('directPush after publish in the same turn: the published event is written first', async () => {
+    await withApp({}, async (h) => {
+      const peer = await h.connect();
+      const session = peer.session();
+      // LocalPubSub delivers before publish() resolves; the batch would flush only at the next
+      // tick, after this directPush, if directPush did not flush it first.
+      await h.app.push.publish(task('published'));
+      session.directPush(task('direct'));
+      await h.marker(1, peer);
+      assert.deepEqual(seen(peer), ['task/create:published', 'task/create:direct', 'marker:1']);
+    });
+  });
+});
+
 describe('§5 directPush sends to one session through steps 2 and 3', () => {
   for (const encoding of ['json', 'msgpack'] as const) {
     it(`only that session, filtered by its timestamp and push config (${encoding})`, async () => {
