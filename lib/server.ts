@@ -969,7 +969,7 @@ export class PushServer {
 
   /** Writes one event's frame to a session, coalesced per turn, within its buffer bound. */
   #write(session: ServerSession, frame: Buffer, stats: DispatchStats | undefined): void {
-    const admitted = this.#admit(session, 1);
+    const admitted = this.#admit(session, 1, true);
     if (admitted === Admission.Closed) return;
     if (admitted === Admission.Dropped) {
       if (stats) stats.dropped++;
@@ -996,7 +996,9 @@ export class PushServer {
       socket.cork();
       if (socket.writableLength + frames.length > bound) return false;
     }
-    const admitted = this.#admit(session, batch.length);
+    // Not corked: this is the session's one write of the batch, corking would only cost a
+    // buffered copy and an uncork. A later write this turn corks behind it, in order.
+    const admitted = this.#admit(session, batch.length, false);
     if (admitted === Admission.Closed) return true;
     if (admitted === Admission.Dropped) {
       for (const item of batch) if (item.stats !== undefined) item.stats.dropped++;
@@ -1011,9 +1013,10 @@ export class PushServer {
   /**
    * Whether `events` frames may be written to a session now: not when it is
    * closed, nor past its buffer bound (counted as dropped, with the slow
-   * consumer policy applied). Corks the socket for this turn.
+   * consumer policy applied). With `cork`, corks the socket until the next
+   * tick, so that the writes of this turn leave in one system call.
    */
-  #admit(session: ServerSession, events: number): Admission {
+  #admit(session: ServerSession, events: number, cork: boolean): Admission {
     const socket = session.socket;
     const ws = session.ws;
     if (socket === undefined || ws === undefined || ws.readyState !== WS_OPEN || !socket.writable) {
@@ -1031,7 +1034,7 @@ export class PushServer {
       if (this.options.slowConsumerPolicy === 'close') this.#closeSlowConsumer(session);
       return Admission.Dropped;
     }
-    if (!session.corked) {
+    if (cork && !session.corked) {
       session.corked = true;
       socket.cork();
       this.#corked.push(session);
