@@ -120,23 +120,36 @@ export function dispatchPlugin<S = unknown>(
   // bahamut's PushDispatchHandler reads its own fields through `this`.
   return {
     name,
-    async dispatch(ctx: DispatchContext, next) {
-      const summary = (
-        handlers.summarizeEvent ? await handlers.summarizeEvent(ctx.event) : undefined
-      ) as S;
-      if (handlers.relatedIdentities) {
-        for (const identity of handlers.relatedIdentities(ctx.event)) {
-          ctx.relatedIdentities.push(identity);
+    // Not an async function: when summarizeEvent is synchronous, next() is called in the same
+    // turn, and the core then fans the event out with the others of that turn (an `await` here
+    // would send every event through the one-at-a-time path).
+    dispatch(ctx: DispatchContext, next) {
+      const proceed = (summary: S): Promise<void> => {
+        if (handlers.relatedIdentities) {
+          for (const identity of handlers.relatedIdentities(ctx.event)) {
+            ctx.relatedIdentities.push(identity);
+          }
         }
-      }
-      const shouldDispatch = handlers.shouldDispatch;
-      if (shouldDispatch) {
-        const event = ctx.event;
-        ctx.predicates.push((session) => shouldDispatch.call(handlers, session, event, summary));
-      }
-      return next();
+        const shouldDispatch = handlers.shouldDispatch;
+        if (shouldDispatch) {
+          const event = ctx.event;
+          ctx.predicates.push((session) => shouldDispatch.call(handlers, session, event, summary));
+        }
+        return next();
+      };
+      const summary = handlers.summarizeEvent ? handlers.summarizeEvent(ctx.event) : undefined;
+      if (isThenable(summary)) return Promise.resolve(summary).then(proceed);
+      return proceed(summary as S);
     },
   };
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return (
+    value !== null &&
+    (typeof value === 'object' || typeof value === 'function') &&
+    typeof (value as { then?: unknown }).then === 'function'
+  );
 }
 
 /**

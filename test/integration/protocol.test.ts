@@ -809,6 +809,27 @@ describe('§5 dispatch in batches: the events of one turn share one walk over th
     });
   });
 
+  it('a synchronous dispatchPlugin keeps the batch: a burst is checked session by session', async () => {
+    // Session-major calls prove that the three events were fanned out in one walk; had the
+    // plugin sent each event through the one-at-a-time async path, they would be event-major.
+    const calls: string[] = [];
+    const plugin = dispatchPlugin({
+      summarizeEvent: (event) => (event.entity as { name?: string }).name,
+      shouldDispatch(session, _event, name) {
+        if (name !== undefined) calls.push(`${session.token ?? ''}:${name}`);
+        return true;
+      },
+    });
+    await withApp({ plugins: [plugin] }, async (h) => {
+      const a = await h.connect({ query: { token: 'a' } });
+      const b = await h.connect({ query: { token: 'b', encoding: 'msgpack' } });
+      await h.app.push.publish(task('1'), task('2'), task('3'));
+      await h.marker(1, a, b);
+      assert.deepEqual(calls, ['a:1', 'a:2', 'a:3', 'b:1', 'b:2', 'b:3']);
+      assert.deepEqual(seen(b), ['task/create:1', 'task/create:2', 'task/create:3', 'marker:1']);
+    });
+  });
+
   it('directPush after publish in the same turn: the published event is written first', async () => {
     await withApp({}, async (h) => {
       const peer = await h.connect();
