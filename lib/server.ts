@@ -53,6 +53,7 @@ import {
   parsePushConfig,
   PushConfigError,
   VERDICT_MEMO_SLOTS,
+  type ConfigSelector,
 } from './protocol/push-config.js';
 import type { PubSubClient, Unsubscribe } from './pubsub/contract.js';
 import { ServerSession, type PushSession } from './session.js';
@@ -275,6 +276,8 @@ export class PushServer {
   #batch: BatchedEvent[] = [];
   /** Scratch for #fanOut: which events of the batch pass for the session at hand. */
   readonly #passed: boolean[] = new Array<boolean>(MAX_BATCH).fill(false);
+  /** Scratch for #fanOut: which events of the batch pass step 3 for one push-config selector. */
+  readonly #configPassed: boolean[] = new Array<boolean>(MAX_BATCH).fill(false);
   /** onDispatch listeners; replaced, never mutated, so a report loop sees a stable list. Empty: no clock read per event. */
   #dispatchListeners: readonly ((info: DispatchInfo) => void)[] = [];
   #unsubscribe: Unsubscribe | undefined;
@@ -788,19 +791,28 @@ export class PushServer {
     // Every open session is considered; the set does not change during the loop.
     const considered = this.#sessions.size;
     let plain = true;
+    let counted = false;
     let oldest = Infinity;
     for (const item of batch) {
-      if (item.stats !== undefined) item.stats.considered += considered;
+      if (item.stats !== undefined) {
+        item.stats.considered += considered;
+        counted = true;
+      }
       if (item.predicates.length > 0) plain = false;
       if (item.ms < oldest) oldest = item.ms;
     }
     const combined = count > 1 ? new BatchFrames(batch) : undefined;
     const passed = this.#passed;
+    // Step 3's verdicts depend on the config's selector and the event only, and sessions share
+    // selectors (interned): work them out once per selector for the whole batch, not per session.
+    const configPassed = this.#configPassed;
+    let configSelector: ConfigSelector | undefined;
+    let configPassing = 0;
     let filtered = 0;
     for (const session of this.#sessions) {
       if (session.errorState) {
         filtered += count;
-        for (const item of batch) if (item.stats !== undefined) item.stats.filtered++;
+        if (counted) for (const item of batch) if (item.stats !== undefined) item.stats.filtered++;
         continue;
       }
       if (session.asyncTail !== undefined) {
@@ -809,16 +821,32 @@ export class PushServer {
         continue;
       }
       const config = session.config;
-      const startMs = session.startMs;
+      let mask: boolean[] | undefined;
       let passing = count;
+      if (config !== undefined) {
+        const selector = config.selector;
+        if (selector !== configSelector) {
+          configSelector = selector;
+          configPassing = 0;
+          for (let i = 0; i < count; i++) {
+            const item = batch[i] as BatchedEvent;
+            const ok = selector.allows(item.event, item.related);
+            configPassed[i] = ok;
+            if (ok) configPassing++;
+          }
+        }
+        mask = configPassed;
+        passing = configPassing;
+      }
+      const startMs = session.startMs;
       let asyncAt = -1;
       let asyncVerdict: Promise<boolean> | undefined;
-      if (!plain || config !== undefined || oldest < startMs) {
+      if (!plain || oldest < startMs) {
+        // Step 2 (timestamps) and step 4 (predicates), event by event.
         passing = 0;
         for (let i = 0; i < count; i++) {
           const item = batch[i] as BatchedEvent;
-          let ok =
-            item.ms >= startMs && (config === undefined || config.allows(item.event, item.related));
+          let ok = item.ms >= startMs && (mask === undefined || (mask[i] as boolean));
           if (ok && item.predicates.length > 0) {
             const verdict = this.#checkPredicates(session, item.predicates);
             if (verdict !== true && verdict !== false) {
@@ -830,15 +858,22 @@ export class PushServer {
           }
           passed[i] = ok;
           if (ok) passing++;
-          else {
-            filtered++;
-            if (item.stats !== undefined) item.stats.filtered++;
+        }
+        mask = passed;
+      }
+      const stop = asyncAt >= 0 ? asyncAt : count;
+      if (passing < stop) {
+        filtered += stop - passing;
+        if (counted) {
+          for (let i = 0; i < stop; i++) {
+            const stats = (batch[i] as BatchedEvent).stats;
+            if (stats !== undefined && !(mask as boolean[])[i]) stats.filtered++;
           }
         }
       }
       if (asyncAt >= 0) {
         // Events before the async verdict go now; it and those after it wait for it, in order.
-        this.#writeEach(session, batch, asyncAt);
+        this.#writeEach(session, batch, passed, asyncAt);
         const item = batch[asyncAt] as BatchedEvent;
         const deferred = this.#deferWrite(
           session,
@@ -859,18 +894,23 @@ export class PushServer {
         if (frame !== undefined && this.#writeBatch(session, frame, batch)) continue;
         // One of the events cannot be encoded for this session, or together they do not fit
         // within its bound: one frame each.
-        passed.fill(true, 0, count);
+        this.#writeEach(session, batch, undefined, count);
+        continue;
       }
-      this.#writeEach(session, batch, count);
+      this.#writeEach(session, batch, mask, count);
     }
     this.#stats.filtered += filtered;
   }
 
-  /** Writes, one frame each, the events before `end` that #fanOut marked as passing. */
-  #writeEach(session: ServerSession, batch: readonly BatchedEvent[], end: number): void {
-    const passed = this.#passed;
+  /** Writes, one frame each, the events before `end` that pass by `mask` (undefined: all). */
+  #writeEach(
+    session: ServerSession,
+    batch: readonly BatchedEvent[],
+    mask: readonly boolean[] | undefined,
+    end: number,
+  ): void {
     for (let i = 0; i < end; i++) {
-      if (!passed[i]) continue;
+      if (mask !== undefined && !mask[i]) continue;
       const item = batch[i] as BatchedEvent;
       // Skip only this event: a `break` here made the sessions of the other encoding get the
       // event or not depending on the order sessions happened to connect in.
