@@ -89,18 +89,34 @@ export function encodingFromParameter(value: string): Encoding {
 }
 
 /**
+ * The four possible pairs, shared by every session (frozen, since they are): a pair per session
+ * was an object kept for the session's whole life.
+ */
+const PAIRS: Readonly<Record<Encoding, Readonly<Record<Encoding, SessionEncodings>>>> = {
+  [JSON_MEDIA_TYPE]: {
+    [JSON_MEDIA_TYPE]: Object.freeze({ read: JSON_MEDIA_TYPE, write: JSON_MEDIA_TYPE }),
+    [MSGPACK_MEDIA_TYPE]: Object.freeze({ read: JSON_MEDIA_TYPE, write: MSGPACK_MEDIA_TYPE }),
+  },
+  [MSGPACK_MEDIA_TYPE]: {
+    [JSON_MEDIA_TYPE]: Object.freeze({ read: MSGPACK_MEDIA_TYPE, write: JSON_MEDIA_TYPE }),
+    [MSGPACK_MEDIA_TYPE]: Object.freeze({ read: MSGPACK_MEDIA_TYPE, write: MSGPACK_MEDIA_TYPE }),
+  },
+};
+
+/**
  * Chooses a session's encodings from its request: the `encoding` parameter
  * when present (it sets both directions and wins), else `Content-Type` for
  * reading and `Accept` for writing. Throws {@link UnsupportedEncodingError}.
+ * The result is frozen and shared between sessions.
  */
 export function negotiateEncodings(
   contentType: string | undefined,
   accept: string | undefined,
   encodingParameter: string | undefined,
-): SessionEncodings {
+): Readonly<SessionEncodings> {
   if (encodingParameter !== undefined) {
     const both = encodingFromParameter(encodingParameter);
-    return { read: both, write: both };
+    return PAIRS[both][both];
   }
-  return { read: encodingFromContentType(contentType), write: encodingFromAccept(accept) };
+  return PAIRS[encodingFromContentType(contentType)][encodingFromAccept(accept)];
 }
