@@ -276,6 +276,9 @@ export class PushServer {
   #batch: BatchedEvent[] = [];
   /** Scratch for #fanOut: which events of the batch pass for the session at hand. */
   readonly #passed: boolean[] = new Array<boolean>(MAX_BATCH).fill(false);
+  /** Set by #decide when a predicate answered with a promise: where, and the promise. */
+  #asyncAt = -1;
+  #asyncVerdict: Promise<boolean> | undefined;
   /** Scratch for #fanOut: which events of the batch pass step 3 for one push-config selector. */
   readonly #configPassed: boolean[] = new Array<boolean>(MAX_BATCH).fill(false);
   /** onDispatch listeners; replaced, never mutated, so a report loop sees a stable list. Empty: no clock read per event. */
@@ -840,26 +843,10 @@ export class PushServer {
       }
       const startMs = session.startMs;
       let asyncAt = -1;
-      let asyncVerdict: Promise<boolean> | undefined;
       if (!plain || oldest < startMs) {
-        // Step 2 (timestamps) and step 4 (predicates), event by event.
-        passing = 0;
-        for (let i = 0; i < count; i++) {
-          const item = batch[i] as BatchedEvent;
-          let ok = item.ms >= startMs && (mask === undefined || (mask[i] as boolean));
-          if (ok && item.predicates.length > 0) {
-            const verdict = this.#checkPredicates(session, item.predicates);
-            if (verdict !== true && verdict !== false) {
-              asyncAt = i;
-              asyncVerdict = verdict;
-              break;
-            }
-            ok = verdict;
-          }
-          passed[i] = ok;
-          if (ok) passing++;
-        }
+        passing = this.#decide(session, batch, mask);
         mask = passed;
+        asyncAt = this.#asyncAt;
       }
       const stop = asyncAt >= 0 ? asyncAt : count;
       if (passing < stop) {
@@ -875,12 +862,9 @@ export class PushServer {
         // Events before the async verdict go now; it and those after it wait for it, in order.
         this.#writeEach(session, batch, passed, asyncAt);
         const item = batch[asyncAt] as BatchedEvent;
-        const deferred = this.#deferWrite(
-          session,
-          asyncVerdict as Promise<boolean>,
-          item.frames,
-          item.stats,
-        );
+        const verdict = this.#asyncVerdict as Promise<boolean>;
+        this.#asyncVerdict = undefined;
+        const deferred = this.#deferWrite(session, verdict, item.frames, item.stats);
         (item.pending ??= []).push(deferred);
         filtered += this.#fanOutToSession(session, batch, asyncAt + 1);
         continue;
@@ -900,6 +884,64 @@ export class PushServer {
       this.#writeEach(session, batch, mask, count);
     }
     this.#stats.filtered += filtered;
+  }
+
+  /**
+   * Steps 2 (timestamps) and 4 (predicates) for one session and a batch,
+   * on top of step 3's `mask`: fills #passed and returns how many pass. On
+   * an async verdict it stops there, with #asyncAt and #asyncVerdict set.
+   * A function of its own, and small, so that V8 inlines the predicates
+   * into this loop: in #fanOut's body they were calls per (session, event).
+   */
+  #decide(
+    session: ServerSession,
+    batch: readonly BatchedEvent[],
+    mask: readonly boolean[] | undefined,
+  ): number {
+    const passed = this.#passed;
+    const startMs = session.startMs;
+    let passing = 0;
+    this.#asyncAt = -1;
+    for (let i = 0; i < batch.length; i++) {
+      const item = batch[i] as BatchedEvent;
+      let ok = item.ms >= startMs && (mask === undefined || (mask[i] as boolean));
+      const predicates = item.predicates;
+      if (ok && predicates.length !== 0) {
+        let verdict: boolean | Promise<boolean>;
+        if (predicates.length === 1) {
+          try {
+            verdict = (predicates[0] as DispatchPredicate)(session);
+          } catch (error) {
+            this.#predicateFailed(session, error);
+            verdict = false;
+          }
+          if (verdict !== true && verdict !== false) verdict = this.#settle(session, verdict);
+        } else {
+          verdict = this.#checkPredicates(session, predicates);
+        }
+        if (verdict !== true && verdict !== false) {
+          this.#asyncAt = i;
+          this.#asyncVerdict = verdict;
+          return passing;
+        }
+        ok = verdict;
+      }
+      passed[i] = ok;
+      if (ok) passing++;
+    }
+    return passing;
+  }
+
+  /** A predicate's answer that is neither true nor false: a promise of one, or false. */
+  #settle(session: ServerSession, result: unknown): boolean | Promise<boolean> {
+    if (typeof (result as { then?: unknown } | null)?.then !== 'function') return false;
+    return Promise.resolve(result as Promise<boolean>).then(
+      (r) => r === true,
+      (error: unknown) => {
+        this.#predicateFailed(session, error);
+        return false;
+      },
+    );
   }
 
   /** Writes, one frame each, the events before `end` that pass by `mask` (undefined: all). */
@@ -959,17 +1001,9 @@ export class PushServer {
       }
       if (result === true) continue;
       if (result === false) return false;
-      if (typeof (result as { then?: unknown } | null)?.then === 'function') {
-        (asyncResults ??= []).push(
-          Promise.resolve(result).then(
-            (r) => r === true,
-            (error: unknown) => {
-              this.#predicateFailed(session, error);
-              return false;
-            },
-          ),
-        );
-      } else return false;
+      const settled = this.#settle(session, result);
+      if (settled === false) return false;
+      (asyncResults ??= []).push(settled as Promise<boolean>);
     }
     if (asyncResults === undefined) return true;
     return Promise.all(asyncResults).then((all) => all.every(Boolean));
