@@ -636,6 +636,33 @@ describe('§5 dispatch, step 4: shouldDispatch', () => {
     });
   });
 
+  it('only true sends: a truthy answer is no; with several predicates, all must say true', async () => {
+    const truthy = definePlugin({
+      dispatch(ctx, next) {
+        // Typed boolean, but JavaScript callers can return anything.
+        const marker = ctx.event.identity === 'marker';
+        ctx.predicates.push(
+          (session) => marker || (session.token === 'truthy' ? (1 as never) : true),
+        );
+        return next();
+      },
+    });
+    const second = dispatchPlugin({
+      shouldDispatch: (session, event) =>
+        event.identity === 'marker' || session.token !== 'second-no',
+    });
+    await withApp({ plugins: [truthy, second] }, async (h) => {
+      const yes = await h.connect();
+      const one = await h.connect({ query: { token: 'truthy' } });
+      const no = await h.connect({ query: { token: 'second-no', encoding: 'msgpack' } });
+      await h.app.push.publish(task('1'), task('2'));
+      await h.marker(1, yes, one, no);
+      assert.deepEqual(seen(yes), ['task/create:1', 'task/create:2', 'marker:1']);
+      assert.deepEqual(seen(one), ['marker:1']);
+      assert.deepEqual(seen(no), ['marker:1']);
+    });
+  });
+
   it('an async shouldDispatch decides too, and keeps the order of events', async () => {
     const gate = deferred();
     const { logger, lines } = memoryLogger();
