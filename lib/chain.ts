@@ -154,7 +154,12 @@ export interface Plugin {
   name?: string;
   /** Around session init, before the handshake. A throw refuses (PushError status, else 403). */
   session?: Middleware<SessionContext>;
-  /** Around the fan-out of each event from the topic. A throw drops the event (logged). */
+  /**
+   * Around the fan-out of each event from the topic. A throw drops the event (logged).
+   * Calling `next()` before awaiting anything keeps the event in the batch of its turn (one
+   * walk over the sessions for all of them); awaiting first holds the events after it until
+   * this one is done, so that their order is kept.
+   */
   dispatch?: Middleware<DispatchContext>;
   /** Around each publication. Not calling next() drops it quietly; a throw rejects publish(). */
   publish?: Middleware<PublishContext>;
