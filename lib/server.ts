@@ -272,6 +272,8 @@ export class PushServer {
   /** Events whose dispatch plugins went async, and those waiting behind them. */
   #dispatchTail: Promise<void> = Promise.resolve();
   #waitingDispatches = 0;
+  /** Writes waiting for async verdicts, one promise per event (see #awaitWrites). */
+  readonly #deferredWrites = new Set<Promise<void>>();
   /** The events of this turn, fanned out together at the next tick. */
   #batch: BatchedEvent[] = [];
   /** Scratch for #fanOut: which events of the batch pass for the session at hand. */
@@ -779,14 +781,28 @@ export class PushServer {
           'pushwire: dropped an event whose entity does not decode',
         );
       }
-      const fanOut =
-        item.pending === undefined ? undefined : Promise.all(item.pending).then(() => undefined);
+      const fanOut = item.pending === undefined ? undefined : this.#awaitWrites(item.pending);
       if (item.done !== undefined) item.done(fanOut);
       else if (item.receivedAt >= 0 && item.stats !== undefined) {
         this.#reportDispatch(item.receivedAt, item.stats);
       }
     }
   };
+
+  /**
+   * The writes deferred behind async verdicts for one event, kept in
+   * #deferredWrites until done: close() waits for them, since such an event
+   * may be on no dispatch queue (its chain reached next() at once).
+   */
+  #awaitWrites(pending: Promise<void>[]): Promise<void> {
+    const all = Promise.all(pending).then(() => undefined);
+    const forget = (): void => {
+      this.#deferredWrites.delete(all);
+    };
+    this.#deferredWrites.add(all);
+    all.then(forget, forget);
+    return all;
+  }
 
   /** Steps 1-5 of PROTOCOL.md section 5, for every open session and every event of a batch. */
   #fanOut(batch: BatchedEvent[]): void {
@@ -1302,6 +1318,11 @@ export class PushServer {
       () => undefined,
     );
     this.#flushBatch();
+    await withTimeout(
+      Promise.all(this.#deferredWrites),
+      left(),
+      () => new Error('verdicts pending'),
+    ).catch(() => undefined);
     this.#uncorkAll();
     const sessions = [...this.#sessions];
     // Each session is closed as soon as its own buffer drained: a client that stopped reading

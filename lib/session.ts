@@ -26,7 +26,7 @@ export interface PushSession {
   cookie(name: string): string | undefined;
   /** The claims as bahamut writes them: `key=value` strings. */
   readonly claims: readonly string[];
-  /** The claims as a map (the last value of a repeated key wins). */
+  /** The claims as a map (the last value of a repeated key wins); frozen, and nothing is inherited. */
   readonly claimsMap: Readonly<Record<string, string>>;
   /** Replaces the claims (an auth plugin does this); each should be `key=value`. */
   setClaims(claims: readonly string[]): void;
@@ -235,7 +235,7 @@ export class ServerSession implements PushSession {
       throw new TypeError('claims must be a list of key=value strings');
     }
     this.#claims = Object.freeze([...claims]);
-    this.#claimsMap = claimsToMap(this.#claims);
+    this.#claimsMap = Object.freeze(claimsToMap(this.#claims));
   }
 
   get pushConfig(): PushConfig | undefined {

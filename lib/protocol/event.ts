@@ -100,16 +100,16 @@ export function encodeEntity(entity: unknown): Uint8Array {
   return encode(entity);
 }
 
-/** Numbers WireEvents in the order they are made (wraps; only neighbours need to differ). */
+/**
+ * Numbers WireEvents in the order they are made. Never wraps in practice (2^53 events), so a
+ * number names one event for the life of the process.
+ */
 let nextMemoKey = 0;
 
 /** An event received from the topic, decoded lazily: the entity is decoded at most once. */
 export class WireEvent {
-  /**
-   * This event's number among the latest events, which push-config
-   * selectors use to remember their verdict on it.
-   */
-  readonly memoKey: number = (nextMemoKey = (nextMemoKey + 1) & 0x3fffffff);
+  /** This event's number, which push-config selectors use to remember their verdict on it. */
+  readonly memoKey: number = ++nextMemoKey;
   /** The kind of object. */
   readonly identity: string;
   /** The event type. */

@@ -54,23 +54,28 @@ export interface ConfigTarget {
   readonly type: string;
   readonly entity: unknown;
   /**
-   * A number that differs between events received one after the other
-   * (WireEvent numbers them): it picks the verdict memo's slot.
+   * A number no other event of this process has (WireEvent numbers them):
+   * the key of the verdict memo. Without it, nothing is remembered.
    */
   readonly memoKey?: number;
 }
 
 /**
- * Verdicts remembered per selector: the fan-out checks the events of one
- * turn session by session (event 1, 2…, then the next session), so one
- * remembered verdict would be overwritten before anyone reused it. A power
- * of two, at least the largest batch the fan-out makes.
+ * Verdicts remembered per selector, in slots picked by the event's number:
+ * events checked session by session (event 1, 2…, then the next session)
+ * find theirs again where one remembered verdict would have been replaced.
+ * A power of two; the fan-out's batches are no larger, so the events of a
+ * batch that were numbered one after the other never share a slot.
  */
 export const VERDICT_MEMO_SLOTS = 32;
 
-/** A selector's remembered verdicts, slot by slot. */
+/**
+ * A selector's remembered verdicts, slot by slot. It keeps the events'
+ * numbers, not the events: a selector outlives its sessions (interned), and
+ * must not keep their payloads alive.
+ */
 interface VerdictMemo {
-  events: (ConfigTarget | undefined)[];
+  keys: number[];
   related: (readonly string[] | undefined)[];
   verdicts: boolean[];
 }
@@ -101,23 +106,30 @@ export class ConfigSelector {
   /** See {@link PushConfig.allows}. */
   allows(event: ConfigTarget, related: readonly string[]): boolean {
     if (this.identities === null) return true;
-    // Events are immutable once received, so the verdict for the same event object holds.
-    const slot = (event.memoKey ?? 0) & (VERDICT_MEMO_SLOTS - 1);
+    const key = event.memoKey;
+    if (key === undefined) return this.#evaluate(event, related);
+    // Events are immutable once received, so the verdict for the same event holds.
+    const slot = key & (VERDICT_MEMO_SLOTS - 1);
     const memo = (this.#memo ??= {
-      events: new Array<undefined>(VERDICT_MEMO_SLOTS).fill(undefined),
+      keys: new Array<number>(VERDICT_MEMO_SLOTS).fill(-1),
       related: new Array<undefined>(VERDICT_MEMO_SLOTS).fill(undefined),
       verdicts: new Array<boolean>(VERDICT_MEMO_SLOTS).fill(false),
     });
-    if (memo.events[slot] === event && memo.related[slot] === related) {
+    if (memo.keys[slot] === key && memo.related[slot] === related) {
       return memo.verdicts[slot] as boolean;
     }
+    const verdict = this.#evaluate(event, related);
+    memo.keys[slot] = key;
+    memo.related[slot] = related;
+    memo.verdicts[slot] = verdict;
+    return verdict;
+  }
+
+  #evaluate(event: ConfigTarget, related: readonly string[]): boolean {
     let verdict = this.#allowsIdentity(event.identity, event);
     for (let i = 0; !verdict && i < related.length; i++) {
       verdict = this.#allowsIdentity(related[i] as string, event);
     }
-    memo.events[slot] = event;
-    memo.related[slot] = related;
-    memo.verdicts[slot] = verdict;
     return verdict;
   }
 

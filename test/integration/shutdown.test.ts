@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { afterEach, describe, it } from 'node:test';
 import {
   definePlugin,
+  dispatchPlugin,
   LocalPubSub,
   pushMiddleware,
   type PubSubHandler,
@@ -123,7 +124,12 @@ describe('graceful shutdown', () => {
   for (const variant of [
     { name: 'the synchronous fast path (JSON)', plugin: false, encoding: 'json' },
     { name: 'the synchronous fast path (MessagePack)', plugin: false, encoding: 'msgpack' },
-    { name: 'an async dispatch plugin (events still queued)', plugin: true, encoding: 'json' },
+    { name: 'an async dispatch plugin (events still queued)', plugin: 'async', encoding: 'json' },
+    {
+      name: 'an async shouldDispatch (writes waiting for verdicts)',
+      plugin: 'verdicts',
+      encoding: 'msgpack',
+    },
   ] as const) {
     it(`loses no event received before close(), with ${variant.name}`, async () => {
       const N = 300;
@@ -131,19 +137,29 @@ describe('graceful shutdown', () => {
       app = await startPushApp({
         pubsub,
         options: { closeTimeout: 10_000, maxBufferedBytes: 64 * 1024 * 1024 },
-        plugins: variant.plugin
-          ? [
-              definePlugin({
-                name: 'slow-summary',
-                // A real await per event: events pile up on the async dispatch queue.
-                async dispatch(ctx, next) {
-                  await new Promise<void>((resolve) => setImmediate(resolve));
-                  ctx.state.summary = ctx.event.identity;
-                  await next();
-                },
-              }),
-            ]
-          : [],
+        plugins:
+          variant.plugin === 'async'
+            ? [
+                definePlugin({
+                  name: 'slow-summary',
+                  // A real await per event: events pile up on the async dispatch queue.
+                  async dispatch(ctx, next) {
+                    await new Promise<void>((resolve) => setImmediate(resolve));
+                    ctx.state.summary = ctx.event.identity;
+                    await next();
+                  },
+                }),
+              ]
+            : variant.plugin === 'verdicts'
+              ? [
+                  // The chain reaches next() at once (no dispatch queue), but every write waits
+                  // for a verdict that comes a turn later: close() must wait for those writes.
+                  dispatchPlugin({
+                    shouldDispatch: () =>
+                      new Promise<boolean>((resolve) => setImmediate(() => resolve(true))),
+                  }),
+                ]
+              : [],
       });
       const client = await connectClient(app.wsUrl, { query: { encoding: variant.encoding } });
       let closing: Promise<void> | undefined;

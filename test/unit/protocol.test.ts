@@ -3,6 +3,8 @@
 // then the pieces the server builds them with: WebSocket frames, subjects,
 // cookies and claims, and the error objects of section 2.
 import { describe, it } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import assert from 'node:assert/strict';
 import { decode, encode, ExtData, ExtensionCodec } from '@msgpack/msgpack';
 import {
@@ -40,6 +42,7 @@ import {
   normalizeTimestamp,
   wireEventFrom,
   type PushEvent,
+  type WireEvent,
 } from '../../lib/protocol/event.js';
 import {
   decodePublication,
@@ -921,6 +924,55 @@ describe('section 5 step 3: allows() with related identities and filters', () =>
     assert.equal(reads, 0);
     config.allows(counting('project'), []);
     assert.equal(reads, 1);
+  });
+
+  it('remembers its verdict per numbered event, for events checked in turns', () => {
+    const reads = new Map<number, number>();
+    const numbered = (memoKey: number, status: string): ConfigTarget => ({
+      identity: 'project',
+      type: 'create',
+      memoKey,
+      get entity() {
+        reads.set(memoKey, (reads.get(memoKey) ?? 0) + 1);
+        return { status };
+      },
+    });
+    // Keys far apart in the numbering, and two that share a memo slot (32 apart).
+    const events = [numbered(1_000_001, 'open'), numbered(1_000_002, 'closed')];
+    const sameSlot = numbered(1_000_033, 'closed');
+    const related: string[] = [];
+    for (let round = 0; round < 3; round++) {
+      for (const event of events) {
+        assert.equal(config.allows(event, related), event === events[0]);
+      }
+    }
+    assert.deepEqual([...reads.values()], [1, 1], 'one evaluation per event');
+    assert.equal(config.allows(sameSlot, related), false);
+    assert.equal(config.allows(events[0] as ConfigTarget, related), true, 'not a stale verdict');
+    // Other related identities are another question.
+    assert.equal(config.allows(events[1] as ConfigTarget, ['user']), true);
+  });
+
+  it('keeps none of the events it judged alive (selectors outlive sessions)', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const selector = parsePushConfig({
+      identities: { project: [] },
+      filters: { project: 'n > 1' },
+    });
+    // Judged in a scope of its own: once it returns, only the selector could keep the event.
+    const ref = ((): WeakRef<WireEvent> => {
+      const event = wireEventFrom(
+        { identity: 'project', type: 'create', entity: { n: 2, pad: 'x'.repeat(1000) } },
+        new Date(),
+      );
+      assert.equal(selector.allows(event, []), true);
+      return new WeakRef(event);
+    })();
+    // A WeakRef holds its target until the current job ends.
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    gc();
+    assert.equal(ref.deref(), undefined);
   });
 
   it('matches no filter with an entity that does not decode', () => {
