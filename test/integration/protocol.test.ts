@@ -15,7 +15,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { describe, it } from 'node:test';
-import { decode } from '@msgpack/msgpack';
+import { decode, encode } from '@msgpack/msgpack';
 import WebSocket from 'ws';
 import {
   definePlugin,
@@ -33,6 +33,8 @@ import {
   type PushSession,
   type SessionStopInfo,
 } from '../../lib/index.js';
+import { encodeMsgpackEvent } from '../../lib/protocol/event.js';
+import { encodePublication } from '../../lib/protocol/publication.js';
 import { failOnUnhandledRejections } from '../helpers/guard.js';
 import { memoryLogger } from '../helpers/logger.js';
 import {
@@ -854,6 +856,40 @@ describe('§5 dispatch in batches: the events of one turn share one walk over th
       await h.marker(1, a, b);
       assert.deepEqual(calls, ['a:1', 'a:2', 'a:3', 'b:1', 'b:2', 'b:3']);
       assert.deepEqual(seen(b), ['task/create:1', 'task/create:2', 'task/create:3', 'marker:1']);
+    });
+  });
+
+  it('an event that cannot be encoded for JSON in a batch: only it is skipped, counted once', async () => {
+    // Its entity bytes are not MessagePack: JSON sessions cannot get it (their batch falls back
+    // to one frame per event), MessagePack sessions get the publisher's bytes as they are.
+    const publication = (entity: Uint8Array): Uint8Array =>
+      encodePublication(
+        { topic: 'events' },
+        encodeMsgpackEvent('task', 'create', entity, new Date(Date.now() + 1000)),
+      );
+    const bus = new LocalPubSub();
+    await withApp({ pubsub: bus }, async (h) => {
+      const json = [await h.connect(), await h.connect()];
+      const binary = await h.connect({ query: { encoding: 'msgpack' } });
+      // The test client decodes every entity; this one reads the raw frames instead.
+      binary.client.ws.removeAllListeners('message');
+      const frames = recordFrames(binary.client.ws);
+      const before = h.app.push.stats().eventsUndecodable;
+      // One turn: the three publications are fanned out as one batch.
+      void bus.publish('events', publication(encode({ name: '1' })));
+      void bus.publish('events', publication(Uint8Array.from([0xc1])));
+      void bus.publish('events', publication(encode({ name: '3' })));
+      await h.marker(1, ...json);
+      for (const peer of json) {
+        assert.deepEqual(seen(peer), ['task/create:1', 'task/create:3', 'marker:1']);
+      }
+      await waitFor(() => frames.length === 4, {
+        timeout: WAIT_MS,
+        message: 'the MessagePack session did not get the three events and the marker',
+      });
+      const entities = frames.map((f) => (decode(f.data) as { entity: Uint8Array }).entity);
+      assert.deepEqual([...(entities[1] ?? [])], [0xc1], "the publisher's bytes, as they are");
+      assert.equal(h.app.push.stats().eventsUndecodable - before, 1);
     });
   });
 
