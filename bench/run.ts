@@ -1,7 +1,7 @@
 /**
  * The fan-out benchmark (issue 7): pushwire (LocalPubSub; JSON and
  * MessagePack) against socket.io 4 and a raw `ws` loop, in one run,
- * interleaved (A, B, C, D, then again), with the same clients and load.
+ * interleaved (A, B, C, D, then D, C, B, A), with the same clients and load.
  *
  *   npm run bench                 # the full run, ~10 minutes on 2 cores
  *   npm run bench:smoke           # 50 sessions, 1 repetition: CI's check that it still runs
@@ -78,6 +78,17 @@ const USAGE = `Usage: tsx bench/run.ts [flags]
   --out DIR             where to write results (default bench/results; --smoke: bench/results/smoke)
   --render FILE         measure nothing: rebuild the table, latest.md and chart.svg from a latest.json
   --help`;
+
+/**
+ * The order of one repetition: as given, reversed every other repetition (A B C D, D C B A…).
+ * Why: a measurement may inherit something from the one before it (the previous server's
+ * sockets closing in the kernel, the clients' state); in a fixed order the same mode would
+ * always pay for the same neighbour. (Checked for the per-session-work variants: their costs
+ * came out the same in both orders.)
+ */
+function inRepOrder<T>(items: readonly T[], rep: number): readonly T[] {
+  return rep % 2 === 0 ? items : [...items].reverse();
+}
 
 const PHASES = ['throughput', 'latency', 'work', 'slow'] as const;
 type Phase = (typeof PHASES)[number];
@@ -746,7 +757,7 @@ async function main(): Promise<void> {
       for (const sessions of options.sessions) {
         console.log(`Throughput at maximum load, ${sessions} sessions:`);
         for (let rep = 0; rep < options.reps; rep++) {
-          for (const mode of options.modes) {
+          for (const mode of inRepOrder(options.modes, rep)) {
             const setup: Setup = {
               mode,
               sessions,
@@ -804,7 +815,7 @@ async function main(): Promise<void> {
         );
         const samples = new Map<Mode, LatencySample[]>();
         for (let rep = 0; rep < options.reps; rep++) {
-          for (const mode of options.modes) {
+          for (const mode of inRepOrder(options.modes, rep)) {
             const setup: Setup = { mode, sessions, variant: 'none', slow: 0, memory: false };
             const sample = await bench.safely(setup, () => bench.latency(setup, rate));
             if (sample === undefined) continue;
@@ -834,7 +845,7 @@ async function main(): Promise<void> {
       console.log(`Per-session work, pushwire JSON, ${sessions} sessions:`);
       const samples = new Map<Variant, ThroughputSample[]>();
       for (let rep = 0; rep < options.reps; rep++) {
-        for (const variant of VARIANTS) {
+        for (const variant of inRepOrder(VARIANTS, rep)) {
           const setup: Setup = { mode: 'pushwire-json', sessions, variant, slow: 0, memory: false };
           const sample = await bench.safely(setup, () =>
             bench.throughput(setup, options.durationS),
@@ -866,7 +877,7 @@ async function main(): Promise<void> {
       // not taken from the throughput phase (minutes earlier, under other neighbours).
       const baselines = new Map<Mode, ThroughputSample[]>();
       for (let rep = 0; rep < options.reps; rep++) {
-        for (const mode of options.modes) {
+        for (const mode of inRepOrder(options.modes, rep)) {
           if (mode.startsWith('pushwire')) {
             const normal: Setup = { mode, sessions, variant: 'none', slow: 0, memory: false };
             const base = await bench.safely(normal, () =>
