@@ -585,6 +585,26 @@ describe('dispatchPlugin: summarizeEvent runs once per event, shouldDispatch onc
     assert.equal(ctx.predicates[0]!(fakeSession('acme')), true);
   });
 
+  it('reads shouldDispatch per event: a handler replaced later decides the later events', async () => {
+    const handlers: { owner: string; shouldDispatch(session: PushSession): boolean } = {
+      owner: 'acme',
+      shouldDispatch(session) {
+        return session.id === this.owner;
+      },
+    };
+    const plugin = dispatchPlugin(handlers);
+    const first = dispatchContext();
+    await dispatch([plugin], first);
+    handlers.shouldDispatch = function (this: { owner: string }, session) {
+      return session.id !== this.owner;
+    };
+    const second = dispatchContext();
+    await dispatch([plugin], second);
+    assert.equal(first.predicates[0]!(fakeSession('acme')), true);
+    assert.equal(second.predicates[0]!(fakeSession('acme')), false);
+    assert.equal(second.predicates[0]!(fakeSession('other')), true, 'still called on handlers');
+  });
+
   const badHandlers: Array<[string, object]> = [
     ['summarizeEvent', { summarizeEvent: 'owner' }],
     ['relatedIdentities', { relatedIdentities: ['user'] }],
