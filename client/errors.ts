@@ -3,14 +3,13 @@
  * as the server's PushError family has.
  */
 
-/** An error object as the server writes it (elemental's `Error`): refusal bodies and error events. */
-export interface ErrorObject {
-  code: number;
-  title: string;
-  description: string;
-  subject: string;
-  data?: unknown;
-}
+import type { ErrorObject } from '../lib/errors.js';
+
+/**
+ * An error object as the server writes it (elemental's `Error`): refusal bodies and error
+ * events. The server's own type, imported as a type only: the bundle gets none of its code.
+ */
+export type { ErrorObject };
 
 /** The base of the client's errors. */
 export class PushClientError extends Error {
