@@ -136,6 +136,15 @@ export interface PushClientOptions {
    * refusal from a network failure and keeps retrying with backoff.
    */
   checkUrl?: string | URL;
+  /**
+   * HTTP headers of the handshake (an `Authorization` header, say); a function is called
+   * before every attempt, as `token`'s is, and a throw retries the same way. Node only
+   * (`pushwire/client/node`, with `ws`): a browser's WebSocket cannot send request headers, so
+   * `pushwire/client` throws a TypeError at creation when this is set, rather than connect
+   * without them. Use `token` or `parameters` there.
+   */
+  headers?:
+    Record<string, string> | (() => Record<string, string> | Promise<Record<string, string>>);
   /** The WebSocket class. Default `globalThis.WebSocket` (`ws` in `pushwire/client/node`). */
   WebSocket?: WebSocketConstructor;
   /** The clock and timers (tests inject a fake one). Default the real ones. */
@@ -192,6 +201,17 @@ export interface PushClient extends AsyncIterable<ReceivedEvent> {
  */
 export interface Transport {
   WebSocket?: WebSocketConstructor;
+  /**
+   * Opens a socket whose handshake carries `headers`. Absent where the WebSocket API cannot
+   * send headers (browsers): the `headers` option is then refused at creation.
+   */
+  openWithHeaders?(
+    WebSocketClass: WebSocketConstructor,
+    url: string,
+    headers: Record<string, string>,
+  ): WebSocketLike;
+  /** Checks the `WebSocket` option's class at creation; throws TypeError when it cannot work. */
+  checkWebSocket?(WebSocketClass: WebSocketConstructor): void;
   watchRefusal?(socket: WebSocketLike, report: (status: number, body: unknown) => void): void;
 }
 
@@ -272,6 +292,12 @@ class Client implements PushClient {
         'no WebSocket class: pass options.WebSocket, or import pushwire/client/node in Node < 22',
       );
     }
+    if (options.headers !== undefined && transport.openWithHeaders === undefined) {
+      throw new TypeError(
+        "headers: a browser's WebSocket cannot send request headers; use token or parameters (in Node, import pushwire/client/node)",
+      );
+    }
+    if (options.WebSocket !== undefined) transport.checkWebSocket?.(options.WebSocket);
     this.connect();
   }
 
@@ -416,12 +442,15 @@ class Client implements PushClient {
     const generation = ++this.#generation;
     this.#state = 'connecting';
     let token: string | undefined;
+    let headers: Record<string, string> | undefined;
     try {
       // Always asynchronous, even on the first attempt from the constructor: listeners added
       // right after createPushClient() must see everything, including a token function's throw.
       await undefined;
       const option = this.#options.token;
       token = typeof option === 'function' ? await option() : option;
+      const headersOption = this.#options.headers;
+      headers = typeof headersOption === 'function' ? await headersOption() : headersOption;
     } catch (error) {
       if (generation !== this.#generation) return;
       this.#emit('error', error instanceof Error ? error : new Error(String(error)));
@@ -435,7 +464,11 @@ class Client implements PushClient {
     const WebSocketClass = this.#webSocketClass() as WebSocketConstructor;
     let socket: WebSocketLike;
     try {
-      socket = new WebSocketClass(url.href);
+      const open = this.#transport.openWithHeaders;
+      socket =
+        headers !== undefined && open !== undefined
+          ? open(WebSocketClass, url.href, headers)
+          : new WebSocketClass(url.href);
     } catch (error) {
       // The URL was checked at creation, so this does not get better by retrying.
       this.#stop('closed');

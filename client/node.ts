@@ -12,6 +12,7 @@ import {
   parseBody,
   type PushClient,
   type PushClientOptions,
+  type WebSocketConstructor,
   type WebSocketLike,
 } from './client.js';
 
@@ -28,8 +29,10 @@ function watchRefusal(
   socket: WebSocketLike,
   report: (status: number, body: unknown) => void,
 ): void {
-  if (!(socket instanceof WebSocket)) return;
-  socket.on('unexpected-response', (_request, response: IncomingMessage) => {
+  // Any `ws` ≥ 8 (checkWebSocket let nothing else in), even another copy than ours.
+  const emitter = socket as unknown as WebSocket;
+  if (typeof emitter.on !== 'function') return;
+  emitter.on('unexpected-response', (_request, response: IncomingMessage) => {
     const chunks: Buffer[] = [];
     let size = 0;
     let done = false;
@@ -37,7 +40,7 @@ function watchRefusal(
       if (done) return;
       done = true;
       report(response.statusCode ?? 0, parseBody(Buffer.concat(chunks).toString('utf8')));
-      socket.terminate();
+      emitter.terminate();
     };
     response.on('data', (chunk: Buffer) => {
       if (size < MAX_REFUSAL_BODY) chunks.push(chunk.subarray(0, MAX_REFUSAL_BODY - size));
@@ -50,13 +53,48 @@ function watchRefusal(
 }
 
 /**
+ * Refuses a WebSocket class this entry cannot read refusals from. Without the status of a
+ * refused handshake a 401 looks like a network failure and the client reconnects forever, so
+ * this fails at creation instead: a class that is not `ws` (a standard WebSocket: use
+ * `pushwire/client` and its `checkUrl`), or a `ws` older than 8 (a subclass of the `ws@7` that
+ * npm hoists for express-ws, say: use the `headers` option instead of a subclass).
+ */
+function checkWebSocket(WebSocketClass: WebSocketConstructor): void {
+  if (WebSocketClass === WebSocket || WebSocketClass.prototype instanceof WebSocket) return;
+  const proto = WebSocketClass.prototype as Partial<Record<'on' | 'terminate', unknown>>;
+  if (typeof proto.on !== 'function' || typeof proto.terminate !== 'function') {
+    throw new TypeError(
+      'pushwire/client/node: options.WebSocket is not the ws package, so refused handshakes could not be told from network failures; pass ws >= 8, or use pushwire/client with checkUrl',
+    );
+  }
+  // `WebSocketServer` is a static of ws's class since ws 8; a subclass inherits it.
+  if ((WebSocketClass as unknown as { WebSocketServer?: unknown }).WebSocketServer === undefined) {
+    throw new TypeError(
+      'pushwire/client/node: options.WebSocket is ws < 8 (npm may have hoisted the ws@7 of express-ws); refused handshakes would become endless reconnects. Use the headers option instead of a ws subclass, or pass a class of ws >= 8',
+    );
+  }
+}
+
+/** Opens a `ws` socket whose handshake carries `headers`. */
+function openWithHeaders(
+  WebSocketClass: WebSocketConstructor,
+  url: string,
+  headers: Record<string, string>,
+): WebSocketLike {
+  // ws's constructor takes (address, protocols?, options?): an object second is the options.
+  const Ws = WebSocketClass as unknown as new (url: string, options: object) => WebSocketLike;
+  return new Ws(url, { headers });
+}
+
+/**
  * Creates a client and starts connecting, as `pushwire/client`'s
- * createPushClient does, with `ws` as the default WebSocket class. A
- * WebSocket class passed in the options wins; if it is `ws` or a subclass
- * (one that sets headers, say), refusals are still read.
+ * createPushClient does, with `ws` as the default WebSocket class and the
+ * `headers` option available. A WebSocket class passed in the options wins;
+ * it must be `ws` 8 or later, or a subclass of it, so that refusals are
+ * still read: anything else throws a TypeError.
  */
 export function createPushClient(url: string | URL, options: PushClientOptions = {}): PushClient {
-  return createClient(url, options, { WebSocket, watchRefusal });
+  return createClient(url, options, { WebSocket, watchRefusal, openWithHeaders, checkWebSocket });
 }
 
 export * from './index.js';

@@ -15,13 +15,13 @@
  * handler then runs the session phase and either writes the refusal as an
  * HTTP response or completes the WebSocket handshake itself.
  */
-import { ServerResponse, type IncomingMessage } from 'node:http';
+import { ServerResponse, STATUS_CODES, type IncomingMessage, type Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import { WebSocketServer } from 'ws';
 import type { PublishOptions } from './chain.js';
 import { PushError } from './errors.js';
-import { describeError } from './logger.js';
+import { describeError, silentLogger } from './logger.js';
 import { resolveOptions, type PushOptions } from './options.js';
 import type { PushEvent } from './protocol/event.js';
 import type { PubSubClient } from './pubsub/contract.js';
@@ -179,33 +179,6 @@ function matchedPrefix(layer: LayerLike, path: string): string | undefined {
   return typeof layer.path === 'string' ? layer.path : undefined;
 }
 
-/** True when `pathname` reaches `target` through mounted routers of `stack`. */
-function reaches(
-  stack: LayerLike[],
-  pathname: string,
-  target: PushMiddleware,
-  isEndpoint: (rest: string) => boolean,
-  depth: number,
-): boolean {
-  if (depth > 32) return false;
-  for (const layer of stack) {
-    if (layer.route !== undefined) continue;
-    const prefix = matchedPrefix(layer, pathname);
-    if (prefix === undefined) continue;
-    let rest = pathname.slice(prefix.length);
-    // As the router trims a mount path: only at a segment boundary.
-    if (rest !== '' && rest[0] !== '/' && rest[0] !== '.') continue;
-    if (!rest.startsWith('/')) rest = '/' + rest;
-    if (layer.handle === target) {
-      if (isEndpoint(rest)) return true;
-      continue;
-    }
-    const sub = stackOf(layer.handle);
-    if (sub !== undefined && reaches(sub, rest, target, isEndpoint, depth + 1)) return true;
-  }
-  return false;
-}
-
 function writeRefusal(res: ServerResponse, error: PushError): void {
   if (res.headersSent) return;
   const body = JSON.stringify([error.toErrorObject()]);
@@ -214,6 +187,169 @@ function writeRefusal(res: ServerResponse, error: PushError): void {
   res.setHeader('Content-Length', Buffer.byteLength(body));
   res.setHeader('Connection', 'close');
   res.end(body);
+}
+
+/** `Sec-WebSocket-Key`: 16 random bytes in base64, as ws checks it. */
+const KEY = /^[+/0-9A-Za-z]{22}==$/;
+/** `Sec-WebSocket-Protocol`: comma-separated tokens, as ws's parser accepts them. */
+const TOKEN = "[!#$%&'*+\\-.^_`|~0-9A-Za-z]+";
+const PROTOCOLS = new RegExp(`^${TOKEN}(?:[ \\t]*,[ \\t]*${TOKEN})*$`);
+
+/** Why `ws` would refuse a handshake: its status, message and extra headers. */
+interface MalformedHandshake {
+  status: number;
+  message: string;
+  headers?: Record<string, string>;
+}
+
+/**
+ * The checks of ws 8's `handleUpgrade`, in its order, with its statuses and headers: a request
+ * that fails one would be refused by ws only after Express and the plugin chain ran for it (a
+ * JWT verification per junk request), and counted nowhere. Run first, they cost nothing.
+ * `perMessageDeflate` is off in our server, so `Sec-WebSocket-Extensions` is never parsed.
+ */
+function malformedHandshake(req: IncomingMessage): MalformedHandshake | undefined {
+  if (req.method !== 'GET') return { status: 405, message: 'Invalid HTTP method' };
+  const upgrade = req.headers.upgrade;
+  if (upgrade === undefined || upgrade.toLowerCase() !== 'websocket') {
+    return { status: 400, message: 'Invalid Upgrade header' };
+  }
+  const key = req.headers['sec-websocket-key'];
+  if (key === undefined || !KEY.test(key)) {
+    return { status: 400, message: 'Missing or invalid Sec-WebSocket-Key header' };
+  }
+  const version = Number(req.headers['sec-websocket-version']);
+  if (version !== 13 && version !== 8) {
+    // ws answers 400 (RFC 6455 section 4.4 allows it) with the versions it speaks.
+    return {
+      status: 400,
+      message: 'Missing or invalid Sec-WebSocket-Version header',
+      headers: { 'Sec-WebSocket-Version': '13, 8' },
+    };
+  }
+  const protocols = req.headers['sec-websocket-protocol'];
+  if (protocols !== undefined) {
+    const names = protocols.split(',').map((p) => p.trim());
+    if (!PROTOCOLS.test(protocols) || new Set(names).size !== names.length) {
+      return { status: 400, message: 'Invalid Sec-WebSocket-Protocol header' };
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Answers an upgrade on its raw socket (no ServerResponse exists yet), as ws's abortHandshake
+ * does, with the protocol's JSON error body, then closes the connection.
+ */
+function refuseOnSocket(
+  socket: Duplex,
+  error: PushError,
+  headers: Record<string, string> = {},
+): void {
+  // The client may already be gone: a write error must not become an uncaught exception.
+  socket.on('error', () => socket.destroy());
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const body = JSON.stringify([error.toErrorObject()]);
+  const lines = [
+    `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status] ?? ''}`,
+    'Connection: close',
+    'Content-Type: application/json; charset=utf-8',
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    ...Object.entries(headers).map(([name, value]) => `${name}: ${value}`),
+  ];
+  socket.once('finish', () => socket.destroy());
+  socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`);
+}
+
+/** Where an upgrade goes, from the path alone (see {@link survey}). */
+interface UpgradeRoute {
+  /** The path reaches this middleware's endpoint. */
+  endpoint: boolean;
+  /** The path is under this middleware's mount point (this is where it was mounted). */
+  mount: string | undefined;
+  /** Another handler could take the upgrade: an express-ws route, or a sub-app we cannot see into. */
+  other: boolean;
+}
+
+/** The URL express-ws gives its routes for an upgrade of `path` (its `websocketUrl`). */
+function expressWsPath(path: string): string {
+  return `${path.endsWith('/') ? path : path + '/'}.websocket`;
+}
+
+/** True when a route layer takes a GET of `path` (express-ws routes are GET routes). */
+function routeTakes(layer: LayerLike, path: string): boolean {
+  const methods = (layer.route as { methods?: Record<string, unknown> } | undefined)?.methods;
+  if (methods === undefined || !(methods.get === true || methods._all === true)) return false;
+  if (typeof layer.match !== 'function') return false;
+  try {
+    return Boolean(layer.match(path));
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Walks `stack` for `pathname` down to `target` through mounted routers (no middleware runs), and notes whether the path is
+ * under `target`'s mount point and whether anything else could take the upgrade, so that a
+ * mistyped path under the mount point is answered 404 before the handshake instead of being
+ * accepted by express-ws and closed at once (1005). Opaque middleware is assumed to pass it
+ * on; a mounted sub-application (Express's `mounted_app`) hides its routes, so it counts as
+ * one that could take it.
+ */
+function survey(
+  stack: LayerLike[],
+  pathname: string,
+  target: PushMiddleware,
+  isEndpoint: (rest: string) => boolean,
+  base: string,
+  depth: number,
+  out: UpgradeRoute,
+): void {
+  if (depth > 32) {
+    out.other = true;
+    return;
+  }
+  for (const layer of stack) {
+    if (layer.route !== undefined) {
+      if (routeTakes(layer, expressWsPath(pathname))) out.other = true;
+      continue;
+    }
+    const prefix = matchedPrefix(layer, pathname);
+    if (prefix === undefined) continue;
+    let rest = pathname.slice(prefix.length);
+    if (rest !== '' && rest[0] !== '/' && rest[0] !== '.') continue;
+    if (!rest.startsWith('/')) rest = '/' + rest;
+    if (layer.handle === target) {
+      out.mount ??= base + prefix;
+      if (isEndpoint(rest)) out.endpoint = true;
+      continue;
+    }
+    const sub = stackOf(layer.handle);
+    if (sub !== undefined) survey(sub, rest, target, isEndpoint, base + prefix, depth + 1, out);
+    else if ((layer.handle as { name?: unknown } | undefined)?.name === 'mounted_app')
+      out.other = true;
+  }
+}
+
+/** An Express application: a request listener with a router stack. */
+type ExpressApp = ((req: IncomingMessage, res: ServerResponse) => void) & { handle?: unknown };
+
+/** The Express application an HTTP server calls for its requests (`app.listen`, `createServer(app)`). */
+function appOfServer(httpServer: Server): ExpressApp | undefined {
+  for (const listener of httpServer.listeners('request')) {
+    if (typeof (listener as ExpressApp).handle === 'function' && stackOf(listener) !== undefined) {
+      return listener as ExpressApp;
+    }
+  }
+  return undefined;
+}
+
+/** True for a request that asks for a WebSocket upgrade. */
+function asksForWebSocket(req: IncomingMessage): boolean {
+  return req.headers.upgrade?.toLowerCase() === 'websocket';
 }
 
 /**
@@ -295,6 +431,7 @@ export function pushMiddleware(
     next: NextFunction,
   ): void {
     const request = req as UpgradeRequest;
+    if (request[kUpgrade] === undefined) noticeServer(request);
     const pathname = pathnameOf(req.url);
     if (req.method !== 'GET' || !isEndpoint(pathname)) {
       // express-ws did the handshake itself (attach() missing, a sub-app, a URL rewrite):
@@ -318,6 +455,22 @@ export function pushMiddleware(
       return;
     }
     const pending = request[kUpgrade];
+    if (pending === undefined && asksForWebSocket(req) && request.ws === undefined) {
+      // An upgrade delivered as a plain request: the HTTP server had no 'upgrade' listener
+      // (no expressWs(app, server)). This one cannot be upgraded any more (Node's HTTP parser
+      // owns the socket), but noticeServer() just made pushwire serve the next ones: retry.
+      res.setHeader('Retry-After', '0');
+      writeRefusal(
+        res,
+        new PushError(
+          'The push endpoint was not serving upgrades yet; retry',
+          'PUSH_NOT_ATTACHED',
+          503,
+        ),
+      );
+      server.recordRefusal(503, req, new Error('upgrade delivered as a plain request'));
+      return;
+    }
     if (pending === undefined || pending.server !== server) {
       // A plain HTTP GET: tell the client what this endpoint expects.
       const error = new PushError(
@@ -333,33 +486,137 @@ export function pushMiddleware(
     completeHandshake(request, res, pending);
   } as PushMiddleware;
 
+  /**
+   * Handles an upgrade if it is this middleware's: a malformed handshake is refused as ws would
+   * refuse it, a mistyped path under the mount point gets 404, the endpoint runs the Express
+   * app and the plugin chain. All of it before any handshake. False: not ours, pass it on.
+   */
+  const intercept = (
+    app: ExpressApp,
+    req: IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+  ): boolean => {
+    const stack = stackOf(app);
+    if (stack === undefined) return false;
+    const route: UpgradeRoute = { endpoint: false, mount: undefined, other: false };
+    survey(stack, pathnameOf(req.url), handler, isEndpoint, '', 0, route);
+    if (route.endpoint) {
+      const malformed = malformedHandshake(req);
+      if (malformed !== undefined) {
+        server.recordRefusal(malformed.status, req, new Error(malformed.message));
+        refuseOnSocket(
+          socket,
+          new PushError(malformed.message, 'PUSH_BAD_HANDSHAKE', malformed.status),
+          malformed.headers,
+        );
+        return true;
+      }
+      onPushUpgrade(app, req as UpgradeRequest, socket, head);
+      return true;
+    }
+    if (route.mount !== undefined && !route.other) {
+      const mount = route.mount === '/' ? '' : route.mount.replace(/\/+$/, '');
+      const message = `No WebSocket endpoint at ${pathnameOf(req.url).slice(0, 200)}; the push endpoint is ${mount}${options.endpoint}`;
+      server.recordRefusal(404, req, new Error(message));
+      refuseOnSocket(socket, new PushError(message, 'PUSH_NOT_FOUND', 404));
+      return true;
+    }
+    return false;
+  };
+
+  /** Tells the user once how to fix their wiring: on the logger if there is one, else the console. */
+  let warned = false;
+  const warnOnce = (message: string): void => {
+    if (warned) return;
+    warned = true;
+    if (logger === silentLogger) console.warn(message);
+    else logger.error({}, message);
+  };
+
+  let attachedByUser = false;
+  const watched = new WeakSet<Server>();
+  /**
+   * Without attach(), the first request of any kind that reaches this handler shows which HTTP
+   * server serves the app: from then on its upgrades go through {@link intercept} first (the
+   * server's `emit` is wrapped, so express-ws's listener, and listeners added later, stay
+   * registered and removable). With no upgrade listener at all (no express-ws), one is added,
+   * so that Node hands upgrades over instead of parsing them as plain requests, and pushwire
+   * completes the handshakes itself; an upgrade that is not ours then goes to the 'request'
+   * listeners, as Node would have done.
+   */
+  const noticeServer = (req: UpgradeRequest): void => {
+    const httpServer = (req.socket as Socket & { server?: unknown }).server as Server | undefined;
+    if (httpServer === undefined || typeof httpServer.listeners !== 'function') return;
+    if (watched.has(httpServer)) return;
+    // attach() covers the server express-ws listens on. An upgrade arriving as a plain request
+    // shows that this server has no upgrade listener at all: attach() was given another one.
+    const plainUpgrade = asksForWebSocket(req) && req.ws === undefined;
+    if (attachedByUser && !plainUpgrade) return;
+    watched.add(httpServer);
+    const app = appOfServer(httpServer);
+    const hadListener = httpServer.listenerCount('upgrade') > 0;
+    if (app === undefined) {
+      warnOnce(
+        'pushwire: upgrades reach the push endpoint only through push.attach(ews): call it once, before listen (the HTTP server does not call an Express app directly, so pushwire cannot do it itself)',
+      );
+      return;
+    }
+    const emit = httpServer.emit;
+    httpServer.emit = function (this: Server, event: string | symbol, ...args: unknown[]) {
+      if (event === 'upgrade') {
+        const [upgradeReq, socket, head] = args as [IncomingMessage, Duplex, Buffer];
+        if (intercept(app, upgradeReq, socket, head)) return true;
+      }
+      return emit.apply(this, [event, ...args] as Parameters<Server['emit']>);
+    } as Server['emit'];
+    if (!hadListener) {
+      httpServer.on(
+        'upgrade',
+        function serveAsRequest(upgradeReq: IncomingMessage, socket: Duplex) {
+          // Only when no one else took upgrades since: what Node does without a listener.
+          if (httpServer.listenerCount('upgrade') > 1) return;
+          const res = new ServerResponse(upgradeReq);
+          res.shouldKeepAlive = false;
+          res.assignSocket(socket as Socket);
+          res.on('finish', () => socket.end());
+          socket.on('error', () => socket.destroy());
+          httpServer.emit('request', upgradeReq, res);
+        },
+      );
+      warnOnce(
+        'pushwire: the HTTP server had no WebSocket upgrade handling (expressWs(app, server) and push.attach(ews) were not called): pushwire now serves upgrades of its endpoint itself; the first upgrade was answered 503 (retry). Call expressWs(app, server) and push.attach(ews) before listen',
+      );
+    } else {
+      warnOnce(
+        'pushwire: push.attach(ews) was not called: until the first request reached the push endpoint, express-ws accepted its upgrades before any check (and they were closed with 1008); pushwire now checks them before the handshake. Call push.attach(ews) once, before listen',
+      );
+    }
+  };
+
   const attached = new WeakSet<object>();
   handler.attach = (ews: ExpressWsInstance): PushMiddleware => {
     if (ews === null || typeof ews !== 'object' || typeof ews.getWss !== 'function') {
       throw new TypeError('attach() takes the instance returned by expressWs(app)');
     }
-    const app = ews.app as ((req: IncomingMessage, res: ServerResponse) => void) | undefined;
+    const app = ews.app as ExpressApp | undefined;
     if (typeof app !== 'function')
       throw new TypeError('attach(): the express-ws instance has no app');
     const upgradeServer = ews.getWss() as unknown as {
       handleUpgrade: (req: IncomingMessage, socket: Duplex, head: Buffer, cb: unknown) => void;
     };
+    attachedByUser = true;
     if (attached.has(upgradeServer)) return handler;
     attached.add(upgradeServer);
     const previous = upgradeServer.handleUpgrade;
     upgradeServer.handleUpgrade = function (this: unknown, req, socket, head, cb) {
-      const stack = stackOf(app);
-      if (stack === undefined || !reaches(stack, pathnameOf(req.url), handler, isEndpoint, 0)) {
-        previous.call(this, req, socket, head, cb);
-        return;
-      }
-      onPushUpgrade(app, req as UpgradeRequest, socket, head);
+      if (!intercept(app, req, socket, head)) previous.call(this, req, socket, head, cb);
     };
     return handler;
   };
 
   const onPushUpgrade = (
-    app: (req: IncomingMessage, res: ServerResponse) => void,
+    app: ExpressApp,
     req: UpgradeRequest,
     socket: Duplex,
     head: Buffer,

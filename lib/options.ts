@@ -68,6 +68,68 @@ export interface ResolvedOptions {
   dispatchTimeout: number;
 }
 
+/**
+ * Every option key: the one list the unknown-key check reads. `maxPushConfigBytes` is listed
+ * ahead of its field in PushOptions (added on another branch); the type below fails to compile
+ * when PushOptions gains a key this list lacks.
+ */
+const OPTION_KEYS = [
+  'plugins',
+  'endpoint',
+  'subjectHierarchies',
+  'allowedOrigins',
+  'maxPayload',
+  'maxConfigsPerSecond',
+  'maxPushConfigBytes',
+  'pingInterval',
+  'maxBufferedBytes',
+  'slowConsumerPolicy',
+  'logger',
+  'publishRetries',
+  'publishRetryDelay',
+  'sessionTimeout',
+  'closeTimeout',
+  'dispatchTimeout',
+] as const;
+type AssertTrue<T extends true> = T;
+/** Compile-time only: `true` exactly when every key of PushOptions is in OPTION_KEYS. */
+type _OptionKeysComplete = AssertTrue<
+  [Exclude<keyof PushOptions, (typeof OPTION_KEYS)[number]>] extends [never] ? true : false
+>;
+
+/** Levenshtein distance, for naming the option a misspelt key meant. */
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const substitution = (previous[j - 1] ?? 0) + (a[i - 1] === b[j - 1] ? 0 : 1);
+      current[j] = Math.min((previous[j] ?? 0) + 1, (current[j - 1] ?? 0) + 1, substitution);
+    }
+    previous = current;
+  }
+  return previous[b.length] ?? 0;
+}
+
+/**
+ * Throws TypeError for a key that is not an option, naming the closest one: a misspelt option
+ * (`histroy`, `maxPayloads`) would otherwise be ignored without a word and its default used.
+ */
+function checkOptionKeys(options: object): void {
+  for (const key of Object.keys(options)) {
+    if ((OPTION_KEYS as readonly string[]).includes(key)) continue;
+    let closest: string = OPTION_KEYS[0];
+    let best = Infinity;
+    for (const known of OPTION_KEYS) {
+      const d = editDistance(key.toLowerCase(), known.toLowerCase());
+      if (d < best) [best, closest] = [d, known];
+    }
+    throw new TypeError(
+      `pushMiddleware: unknown option ${JSON.stringify(key)}; did you mean ${JSON.stringify(closest)}?`,
+    );
+  }
+}
+
 function nonNegative(name: string, value: number | undefined, fallback: number): number {
   if (value === undefined) return fallback;
   if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
@@ -76,9 +138,10 @@ function nonNegative(name: string, value: number | undefined, fallback: number):
   return value;
 }
 
-/** Validates options and applies defaults. Throws TypeError for an invalid option. */
+/** Validates options and applies defaults. Throws TypeError for an invalid or unknown option. */
 export function resolveOptions(handlers: Plugin[] | PushOptions | undefined): ResolvedOptions {
   const options: PushOptions = Array.isArray(handlers) ? { plugins: handlers } : (handlers ?? {});
+  checkOptionKeys(options);
   const plugins = options.plugins ?? [];
   if (!Array.isArray(plugins)) throw new TypeError('pushMiddleware: plugins must be an array');
   plugins.forEach((plugin, i) => {

@@ -13,6 +13,7 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { createRequire } from 'node:module';
 import type { Server } from 'node:http';
 import { after, describe, it } from 'node:test';
 import express from 'express';
@@ -576,6 +577,77 @@ describe('refusals', () => {
     const close = await next(c, 'close');
     assert.deepEqual(close, { code: 1006, reason: '', opened: false, willReconnect: true });
     assert.equal(c.state, 'reconnecting');
+  });
+});
+
+describe('request headers (Node only)', () => {
+  it('the headers option reaches the session phase; a function is called before every attempt', async () => {
+    const server = await app({
+      plugins: [
+        authPlugin((session) => (session.header('authorization') === 'Bearer good' ? 'ok' : 'ko')),
+      ],
+    });
+    const values = ['Bearer bad', 'Bearer good'];
+    const c = client(server.wsUrl, { headers: () => ({ Authorization: values.shift() ?? '' }) });
+    const refused = await next(c, 'refused');
+    assert.equal(refused.status, 401);
+    const opened = next(c, 'open');
+    c.connect();
+    await opened;
+    assert.equal(server.push.sessions()[0]?.header('authorization'), 'Bearer good');
+    const fixed = client(server.wsUrl, { headers: { Authorization: 'Bearer good' } });
+    await next(fixed, 'open');
+  });
+
+  it("the browser entry refuses it: a browser's WebSocket cannot send headers", () => {
+    assert.throws(
+      () => createBrowserClient('ws://127.0.0.1:1/api/events', { WebSocket, headers: { A: 'b' } }),
+      (error: unknown) =>
+        error instanceof TypeError && /cannot send request headers/.test(error.message),
+    );
+  });
+});
+
+describe('the WebSocket option of pushwire/client/node', () => {
+  // The ws that express-ws depends on (7.x), wherever npm put it: beside ours when not hoisted.
+  const expressWsRequire = createRequire(createRequire(import.meta.url).resolve('express-ws'));
+  const wsPath = expressWsRequire.resolve('ws');
+  const { version } = expressWsRequire('ws/package.json') as { version: string };
+
+  it(`ws ${version} (express-ws's), or a subclass of it, is a TypeError`, (t) => {
+    if (Number(version.split('.')[0]) >= 8) {
+      t.skip(`express-ws resolves ws ${version} at ${wsPath}: no old ws to test with`);
+      return;
+    }
+    const OldWebSocket = expressWsRequire('ws') as new (url: string) => WebSocket;
+    class WithHeaders extends OldWebSocket {}
+    for (const WebSocketClass of [OldWebSocket, WithHeaders]) {
+      assert.throws(
+        () => createPushClient('ws://127.0.0.1:1/api/events', { WebSocket: WebSocketClass }),
+        (error: unknown) => error instanceof TypeError && /ws < 8/.test(error.message),
+      );
+    }
+  });
+
+  it('a class that is not ws is a TypeError; ws and its subclasses are accepted', async () => {
+    class NotWs {
+      binaryType = '';
+      readyState = 0;
+      onopen = null;
+      onmessage = null;
+      onclose = null;
+      onerror = null;
+      send(): void {}
+      close(): void {}
+    }
+    assert.throws(
+      () => createPushClient('ws://127.0.0.1:1/api/events', { WebSocket: NotWs }),
+      (error: unknown) => error instanceof TypeError && /not the ws package/.test(error.message),
+    );
+    const server = await app({ plugins: [authPlugin(() => 'ko')] });
+    class Subclass extends WebSocket {}
+    const c = client(server.wsUrl, { WebSocket: Subclass });
+    assert.equal((await next(c, 'refused')).status, 401);
   });
 });
 
