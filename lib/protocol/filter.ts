@@ -8,17 +8,23 @@
  *   throws a {@link FilterSyntaxError} that names the column and what was
  *   expected there;
  * - {@link printFilter} turns a tree back into canonical text;
- * - {@link compileFilter} parses once, compiles every regular expression
+ * - {@link compileFilter} parses once, compiles every `matches` pattern
  *   once, and returns a {@link CompiledFilter} whose `match` never throws.
+ *
+ * The patterns themselves are `pattern.ts`'s job: RE2 syntax, matched in
+ * time linear in the string.
  */
+
+import { PatternError, compilePattern } from './pattern.js';
+import type { CompiledPattern } from './pattern.js';
 
 // ---------------------------------------------------------------------------
 // Errors and limits
 
 /**
  * A filter that does not parse, or that is refused (too long, too deep, too
- * many comparisons, a list too long, a number out of range, an unsafe or
- * invalid regular expression, a `date()`/`now()` value). It makes the whole
+ * many comparisons, a list too long, a number out of range, a pattern RE2
+ * refuses or patterns too large in all, a `date()`/`now()` value). It makes the whole
  * push config invalid (PROTOCOL.md section 4); the core turns it into a
  * `400 Bad Request` error event or a close with 1003.
  */
@@ -55,6 +61,17 @@ export interface FilterLimits {
   maxListLength: number;
   /** Longest `matches` pattern, in UTF-16 code units. Default 256. */
   maxPatternLength: number;
+  /**
+   * Largest total size of the filter's compiled `matches` patterns, in RE2
+   * program instructions, every occurrence counted (a plain-text pattern,
+   * run by string search, counts 0). Default 4096. Why: one match costs up
+   * to (instructions × characters of the string), and a counted repeat
+   * multiplies instructions (`\pL{999}\d` is 10 characters and 1002
+   * instructions); without counted repeats a pattern compiles to about as
+   * many instructions as it has characters, so the default refuses no
+   * filter that fits `maxLength` without them.
+   */
+  maxPatternProgram: number;
 }
 
 /** The limits used for every field a caller leaves out. */
@@ -64,6 +81,7 @@ export const DEFAULT_FILTER_LIMITS: Readonly<FilterLimits> = Object.freeze({
   maxComparisons: 256,
   maxListLength: 256,
   maxPatternLength: 256,
+  maxPatternProgram: 4096,
 });
 
 function resolveLimits(limits: Partial<FilterLimits> | undefined): FilterLimits {
@@ -122,7 +140,7 @@ export interface FilterListComparison {
   readonly value: readonly FilterScalar[];
 }
 
-/** `key matches [...]`: one or more JavaScript regular expressions (`u` flag). */
+/** `key matches [...]`: one or more regular expressions in RE2 syntax (see pattern.ts). */
 export interface FilterMatchComparison {
   readonly type: 'comparison';
   readonly path: FilterPath;
@@ -326,13 +344,15 @@ class Parser {
   private readonly lexer: Lexer;
   private depth = 0;
   private comparisons = 0;
+  /** RE2 instructions of the patterns so far, for `maxPatternProgram`. */
+  private program = 0;
   /** The last token consumed, for "after '...'" in messages. */
   private previous: Token | undefined;
 
   constructor(
     source: string,
     private readonly limits: FilterLimits,
-    private readonly regexes: Map<string, RegExp>,
+    private readonly patterns: Map<string, CompiledPattern>,
   ) {
     this.lexer = new Lexer(source);
   }
@@ -602,27 +622,28 @@ class Parser {
           `a pattern of at most ${this.limits.maxPatternLength} characters`,
         );
       }
-      if (!this.regexes.has(value)) {
-        let regex: RegExp;
+      let compiled = this.patterns.get(value);
+      if (compiled === undefined) {
         try {
-          regex = new RegExp(value, PATTERN_FLAGS);
+          compiled = compilePattern(value);
         } catch (error) {
-          const reason = error instanceof Error ? error.message : String(error);
+          if (!(error instanceof PatternError)) throw error;
           this.refuse(
             token,
-            `the pattern ${shortRaw(token)} does not compile (${reason})`,
+            `the pattern ${shortRaw(token)} does not compile (${error.reason})`,
             'a valid regular expression',
           );
         }
-        const unsafe = unsafePatternReason(value);
-        if (unsafe !== undefined) {
-          this.refuse(
-            token,
-            `the pattern ${shortRaw(token)} could take exponential time (${unsafe})`,
-            'a regular expression without nested quantifiers or backreferences',
-          );
-        }
-        this.regexes.set(value, regex);
+        this.patterns.set(value, compiled);
+      }
+      // Every occurrence counts: each one runs on its own attribute.
+      this.program += compiled.size;
+      if (this.program > this.limits.maxPatternProgram) {
+        this.refuse(
+          token,
+          `the patterns of the filter compile to more than ${this.limits.maxPatternProgram} instructions`,
+          `patterns of at most ${this.limits.maxPatternProgram} instructions in all`,
+        );
       }
       patterns.push(value);
     }
@@ -644,7 +665,7 @@ function emptySegmentOffset(raw: string): number {
 function parseWithCache(
   source: string,
   limits: Partial<FilterLimits> | undefined,
-  regexes: Map<string, RegExp>,
+  patterns: Map<string, CompiledPattern>,
 ): FilterNode {
   const resolved = resolveLimits(limits);
   if (typeof source !== 'string') {
@@ -658,7 +679,7 @@ function parseWithCache(
       `at most ${resolved.maxLength} characters`,
     );
   }
-  return new Parser(source, resolved, regexes).parse();
+  return new Parser(source, resolved, patterns).parse();
 }
 
 /**
@@ -666,233 +687,11 @@ function parseWithCache(
  * {@link FilterSyntaxError} (with the column and what was expected there)
  * when the text does not parse or is refused by `limits` (defaults:
  * {@link DEFAULT_FILTER_LIMITS}); throws a RangeError when a given limit is
- * not a positive integer. Regular expressions are compiled and checked here
- * too, so a filter that parses will compile.
+ * not a positive integer. Patterns are compiled and checked here too, so a
+ * filter that parses will compile.
  */
 export function parseFilter(source: string, limits?: Partial<FilterLimits>): FilterNode {
   return parseWithCache(source, limits, new Map());
-}
-
-// ---------------------------------------------------------------------------
-// Regular expressions and the ReDoS guard
-
-/**
- * Patterns are compiled with the `u` flag: `.` and classes work on code
- * points (as in Go's RE2, which bahamut's clients are used to), `\p{L}`
- * means a Unicode property rather than the letter `p`, and sloppy syntax
- * (`\-` outside a class, a lone `{`) is refused at parse time instead of
- * silently meaning something else. No `g`/`y`, so `test` keeps no state.
- */
-const PATTERN_FLAGS = 'u';
-
-interface RxTerm {
-  readonly atom: RxAtom;
-  /** null: no quantifier; otherwise whether it allows more than one repetition. */
-  readonly quantifier: { readonly repeats: boolean } | null;
-}
-
-type RxAtom =
-  | { readonly kind: 'char'; readonly char: string }
-  | { readonly kind: 'other' }
-  | { readonly kind: 'group'; readonly alternatives: RxTerm[][] };
-
-/**
- * Why a pattern could backtrack exponentially, or undefined if it passes.
- *
- * The heuristic, applied to a pattern that already compiles (so the syntax
- * is valid `u`-mode syntax):
- * 1. a backreference (`\1`, `\k<name>`) is refused: matching with them is
- *    NP-hard in general and engines backtrack on them;
- * 2. a group repeated by a quantifier that allows more than one repetition
- *    (`*`, `+`, `{n,}`, `{n,m}` with m > 1) must contain no quantifier at
- *    all, `?` included: `(a+)+`, `(a*)*`, `(\w+\s?)*` and `(a?){20}` are the
- *    classic exponential shapes;
- * 3. inside such a repeated group, at any depth, an alternation must be
- *    unambiguous by its first character: every alternative starts with a
- *    literal character and no two start with the same one (`(foo|bar)+` is
- *    accepted, `(a|a)*`, `(a|ab)*`, `(\w|_)*` and `(a|)*` are refused).
- * This is deliberately conservative (it refuses some safe patterns, such as
- * `(\s*,)+`) and it does not bound polynomial backtracking such as
- * `.*.*.*x`; the pattern length limit and the size of the entities bound
- * that.
- */
-function unsafePatternReason(pattern: string): string | undefined {
-  const scan = new PatternScanner(pattern);
-  const alternatives = scan.alternatives();
-  if (scan.backreference) return 'it uses a backreference';
-  return checkAlternatives(alternatives, false);
-}
-
-function checkAlternatives(alternatives: RxTerm[][], insideRepeat: boolean): string | undefined {
-  for (const sequence of alternatives) {
-    for (const term of sequence) {
-      if (term.atom.kind !== 'group') continue;
-      const repeated = term.quantifier?.repeats === true;
-      if (repeated && containsQuantifier(term.atom.alternatives)) {
-        return 'a repeated group contains a quantifier';
-      }
-      const inRepeat = insideRepeat || repeated;
-      if (
-        inRepeat &&
-        term.atom.alternatives.length > 1 &&
-        !isDeterministicAlternation(term.atom.alternatives)
-      ) {
-        return 'alternatives in a repeated group can match the same text';
-      }
-      const nested = checkAlternatives(term.atom.alternatives, inRepeat);
-      if (nested !== undefined) return nested;
-    }
-  }
-  return undefined;
-}
-
-function containsQuantifier(alternatives: RxTerm[][]): boolean {
-  return alternatives.some((sequence) =>
-    sequence.some(
-      (term) =>
-        term.quantifier !== null ||
-        (term.atom.kind === 'group' && containsQuantifier(term.atom.alternatives)),
-    ),
-  );
-}
-
-function isDeterministicAlternation(alternatives: RxTerm[][]): boolean {
-  const firsts = new Set<string>();
-  for (const sequence of alternatives) {
-    const first = sequence[0];
-    if (first === undefined || first.atom.kind !== 'char') return false;
-    if (firsts.has(first.atom.char)) return false;
-    firsts.add(first.atom.char);
-  }
-  return true;
-}
-
-/** A small reader of `u`-mode regular expressions, enough to see groups, quantifiers and escapes. */
-class PatternScanner {
-  private pos = 0;
-  backreference = false;
-
-  constructor(private readonly pattern: string) {}
-
-  /** The top-level alternatives of the pattern, each a sequence of terms. */
-  alternatives(): RxTerm[][] {
-    const p = this.pattern;
-    const result: RxTerm[][] = [[]];
-    while (this.pos < p.length) {
-      const ch = p[this.pos] as string;
-      if (ch === ')') break;
-      if (ch === '|') {
-        this.pos += 1;
-        result.push([]);
-        continue;
-      }
-      const atom = this.atom();
-      const quantifier = this.quantifier();
-      (result[result.length - 1] as RxTerm[]).push({ atom, quantifier });
-    }
-    return result;
-  }
-
-  private atom(): RxAtom {
-    const p = this.pattern;
-    const ch = p[this.pos] as string;
-    if (ch === '(') {
-      this.pos += 1;
-      this.groupPrefix();
-      const alternatives = this.alternatives();
-      this.pos += 1; // ')'
-      return { kind: 'group', alternatives };
-    }
-    if (ch === '[') {
-      this.pos += 1;
-      while (this.pos < p.length && p[this.pos] !== ']') {
-        this.pos += p[this.pos] === '\\' ? 2 : 1;
-      }
-      this.pos += 1; // ']'
-      return { kind: 'other' };
-    }
-    if (ch === '\\') return this.escape();
-    if (ch === '.' || ch === '^' || ch === '$') {
-      this.pos += 1;
-      return { kind: 'other' };
-    }
-    const char = String.fromCodePoint(p.codePointAt(this.pos) as number);
-    this.pos += char.length;
-    return { kind: 'char', char };
-  }
-
-  private groupPrefix(): void {
-    const p = this.pattern;
-    if (p[this.pos] !== '?') return;
-    const next = p[this.pos + 1];
-    if (next === ':' || next === '=' || next === '!') {
-      this.pos += 2;
-    } else if (next === '<' && (p[this.pos + 2] === '=' || p[this.pos + 2] === '!')) {
-      this.pos += 3;
-    } else if (next === '<') {
-      this.skipPast('>'); // (?<name>
-    } else {
-      this.skipPast(':'); // modifiers, (?i:...)
-    }
-  }
-
-  /** Moves past the next `ch`, or to the end (never backwards, so the scan always ends). */
-  private skipPast(ch: string): void {
-    const at = this.pattern.indexOf(ch, this.pos);
-    this.pos = at < 0 ? this.pattern.length : at + 1;
-  }
-
-  private escape(): RxAtom {
-    const p = this.pattern;
-    const ch = p[this.pos + 1] ?? '';
-    this.pos += 2;
-    if (/[1-9]/.test(ch)) {
-      this.backreference = true;
-      while (/[0-9]/.test(p[this.pos] ?? '')) this.pos += 1;
-      return { kind: 'other' };
-    }
-    if (ch === 'k') {
-      this.backreference = true;
-      this.skipPast('>');
-      return { kind: 'other' };
-    }
-    if ((ch === 'p' || ch === 'P' || ch === 'u') && p[this.pos] === '{') {
-      this.skipPast('}');
-      return { kind: 'other' };
-    }
-    if (ch === 'u') this.pos += 4;
-    else if (ch === 'x') this.pos += 2;
-    else if (ch === 'c') this.pos += 1;
-    // In u mode only syntax characters may be escaped as themselves; they are literals.
-    if (/[\^$\\.*+?()[\]{}|/-]/.test(ch)) return { kind: 'char', char: ch };
-    return { kind: 'other' };
-  }
-
-  private quantifier(): RxTerm['quantifier'] {
-    const p = this.pattern;
-    const ch = p[this.pos];
-    let repeats: boolean;
-    if (ch === '*' || ch === '+') {
-      this.pos += 1;
-      repeats = true;
-    } else if (ch === '?') {
-      this.pos += 1;
-      repeats = false;
-    } else if (ch === '{') {
-      const braces = /\{(\d+)(,(\d*))?\}/y;
-      braces.lastIndex = this.pos;
-      const m = braces.exec(p);
-      if (m === null) return null; // cannot happen in u mode, where a lone '{' does not compile
-      this.pos = braces.lastIndex;
-      const min = Number(m[1]);
-      const max = m[2] === undefined ? min : m[3] === '' ? Infinity : Number(m[3]);
-      repeats = max > 1;
-    } else {
-      return null;
-    }
-    if (p[this.pos] === '?') this.pos += 1; // lazy: same backtracking, other order
-    return { repeats };
-  }
 }
 
 // ---------------------------------------------------------------------------
@@ -1046,7 +845,10 @@ function memberOf(values: readonly FilterScalar[]): (actual: unknown) => boolean
   };
 }
 
-function compileComparison(node: FilterComparison, regexes: Map<string, RegExp>): Predicate {
+function compileComparison(
+  node: FilterComparison,
+  compiled: Map<string, CompiledPattern>,
+): Predicate {
   const path = node.path;
   switch (node.operator) {
     case 'exists':
@@ -1093,13 +895,13 @@ function compileComparison(node: FilterComparison, regexes: Map<string, RegExp>)
     }
     case 'matches': {
       const patterns = node.value.map((pattern) => {
-        let regex = regexes.get(pattern);
-        if (regex === undefined) {
+        let entry = compiled.get(pattern);
+        if (entry === undefined) {
           // Only for a tree built by hand: parseFilter has checked every pattern it returns.
-          regex = new RegExp(pattern, PATTERN_FLAGS);
-          regexes.set(pattern, regex);
+          entry = compilePattern(pattern);
+          compiled.set(pattern, entry);
         }
-        return regex;
+        return entry;
       });
       return (e) => {
         const a = read(e, path);
@@ -1119,9 +921,9 @@ const ORDER: Record<
   '>=': (a, b) => a >= b,
 };
 
-function compileNode(node: FilterNode, regexes: Map<string, RegExp>): Predicate {
-  if (node.type === 'comparison') return compileComparison(node, regexes);
-  const operands = node.operands.map((operand) => compileNode(operand, regexes));
+function compileNode(node: FilterNode, patterns: Map<string, CompiledPattern>): Predicate {
+  if (node.type === 'comparison') return compileComparison(node, patterns);
+  const operands = node.operands.map((operand) => compileNode(operand, patterns));
   if (node.type === 'and') {
     return (e) => {
       for (const operand of operands) if (!operand(e)) return false;
@@ -1136,14 +938,14 @@ function compileNode(node: FilterNode, regexes: Map<string, RegExp>): Predicate 
 
 /**
  * Parses and compiles a filter once, for many calls to `match`. Every
- * regular expression is compiled here, once (a pattern used twice is
+ * `matches` pattern is compiled here, once (a pattern used twice is
  * compiled once). Throws a {@link FilterSyntaxError} as
  * {@link parseFilter} does; `limits` defaults to
  * {@link DEFAULT_FILTER_LIMITS}.
  */
 export function compileFilter(source: string, limits?: Partial<FilterLimits>): CompiledFilter {
-  const regexes = new Map<string, RegExp>();
-  const predicate = compileNode(parseWithCache(source, limits, regexes), regexes);
+  const patterns = new Map<string, CompiledPattern>();
+  const predicate = compileNode(parseWithCache(source, limits, patterns), patterns);
   return Object.freeze({
     source,
     match(entity: unknown): boolean {
