@@ -64,7 +64,7 @@ export interface FilterLimits {
   /**
    * Largest total size of the filter's compiled `matches` patterns, in RE2
    * program instructions, every occurrence counted (a plain-text pattern,
-   * run by string search, counts 0). Default 4096. Why: one match costs up
+   * run by string search, counts 0). Default 1024. Why: one match costs up
    * to (instructions × characters of the string), and a counted repeat
    * multiplies instructions (`\pL{999}\d` is 10 characters and 1002
    * instructions); without counted repeats a pattern compiles to about as
@@ -72,6 +72,20 @@ export interface FilterLimits {
    * filter that fits `maxLength` without them.
    */
   maxPatternProgram: number;
+  /**
+   * What one evaluation of the filter may spend searching strings, in RE2
+   * instructions × characters. The filter's cost P is the sum of its
+   * `matches` patterns' instructions plus one per plain-text pattern and per
+   * string value of a `contains` (a string search costs about one instruction
+   * per character). A `matches` or `contains` comparison reads a string
+   * attribute only if it is at most `maxMatchCost / P` characters long; on a
+   * longer one the comparison is false (`not contains` too). So no event can
+   * cost a session more than this, whatever the filter and the entity.
+   * Default 131,072 (2^17): strings up to ~11,000 characters for
+   * `^task-\d+$` (11 instructions), 131,072 for one plain-text pattern,
+   * 130 for the largest program.
+   */
+  maxMatchCost: number;
 }
 
 /** The limits used for every field a caller leaves out. */
@@ -81,7 +95,8 @@ export const DEFAULT_FILTER_LIMITS: Readonly<FilterLimits> = Object.freeze({
   maxComparisons: 256,
   maxListLength: 256,
   maxPatternLength: 256,
-  maxPatternProgram: 4096,
+  maxPatternProgram: 1024,
+  maxMatchCost: 128 * 1024,
 });
 
 function resolveLimits(limits: Partial<FilterLimits> | undefined): FilterLimits {
@@ -848,6 +863,7 @@ function memberOf(values: readonly FilterScalar[]): (actual: unknown) => boolean
 function compileComparison(
   node: FilterComparison,
   compiled: Map<string, CompiledPattern>,
+  maxMatchChars: number,
 ): Predicate {
   const path = node.path;
   switch (node.operator) {
@@ -889,7 +905,11 @@ function compileComparison(
         const a = read(e, path);
         let found = false;
         if (Array.isArray(a)) found = a.some(member);
-        else if (typeof a === 'string') found = strings.some((s) => a.includes(s));
+        else if (typeof a === 'string') {
+          // Past the filter's budget the comparison is undecided, so false either way.
+          if (a.length > maxMatchChars && strings.length > 0) return false;
+          found = strings.some((s) => a.includes(s));
+        }
         return found !== negate;
       };
     }
@@ -903,9 +923,12 @@ function compileComparison(
         }
         return entry;
       });
+      // A string too long for the filter's budget is not searched (see maxMatchCost).
       return (e) => {
         const a = read(e, path);
-        return typeof a === 'string' && patterns.some((r) => r.test(a));
+        return (
+          typeof a === 'string' && a.length <= maxMatchChars && patterns.some((r) => r.test(a))
+        );
       };
     }
   }
@@ -921,9 +944,13 @@ const ORDER: Record<
   '>=': (a, b) => a >= b,
 };
 
-function compileNode(node: FilterNode, patterns: Map<string, CompiledPattern>): Predicate {
-  if (node.type === 'comparison') return compileComparison(node, patterns);
-  const operands = node.operands.map((operand) => compileNode(operand, patterns));
+function compileNode(
+  node: FilterNode,
+  patterns: Map<string, CompiledPattern>,
+  maxMatchChars: number,
+): Predicate {
+  if (node.type === 'comparison') return compileComparison(node, patterns, maxMatchChars);
+  const operands = node.operands.map((operand) => compileNode(operand, patterns, maxMatchChars));
   if (node.type === 'and') {
     return (e) => {
       for (const operand of operands) if (!operand(e)) return false;
@@ -937,6 +964,26 @@ function compileNode(node: FilterNode, patterns: Map<string, CompiledPattern>): 
 }
 
 /**
+ * The cost of the filter's string searches per character (see maxMatchCost): the RE2
+ * instructions of every `matches` occurrence, one per plain-text pattern, one per string value
+ * of a `contains`.
+ */
+function searchCostOf(node: FilterNode, patterns: Map<string, CompiledPattern>): number {
+  if (node.type !== 'comparison') {
+    let sum = 0;
+    for (const operand of node.operands) sum += searchCostOf(operand, patterns);
+    return sum;
+  }
+  let sum = 0;
+  if (node.operator === 'matches') {
+    for (const pattern of node.value) sum += Math.max(1, patterns.get(pattern)?.size ?? 1);
+  } else if (node.operator === 'contains' || node.operator === 'not contains') {
+    for (const value of node.value) if (typeof value === 'string') sum += 1;
+  }
+  return sum;
+}
+
+/**
  * Parses and compiles a filter once, for many calls to `match`. Every
  * `matches` pattern is compiled here, once (a pattern used twice is
  * compiled once). Throws a {@link FilterSyntaxError} as
@@ -945,7 +992,11 @@ function compileNode(node: FilterNode, patterns: Map<string, CompiledPattern>): 
  */
 export function compileFilter(source: string, limits?: Partial<FilterLimits>): CompiledFilter {
   const patterns = new Map<string, CompiledPattern>();
-  const predicate = compileNode(parseWithCache(source, limits, patterns), patterns);
+  const tree = parseWithCache(source, limits, patterns);
+  const cost = searchCostOf(tree, patterns);
+  const budget = limits?.maxMatchCost ?? DEFAULT_FILTER_LIMITS.maxMatchCost;
+  const maxMatchChars = cost === 0 ? Infinity : Math.floor(budget / cost);
+  const predicate = compileNode(tree, patterns, maxMatchChars);
   return Object.freeze({
     source,
     match(entity: unknown): boolean {

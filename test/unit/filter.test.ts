@@ -422,7 +422,8 @@ describe('filter expressions (PROTOCOL.md section 7)', () => {
         maxComparisons: 256,
         maxListLength: 256,
         maxPatternLength: 256,
-        maxPatternProgram: 4096,
+        maxPatternProgram: 1024,
+        maxMatchCost: 128 * 1024,
       });
       assert.ok(Object.isFrozen(DEFAULT_FILTER_LIMITS));
     });
@@ -498,15 +499,15 @@ describe('filter expressions (PROTOCOL.md section 7)', () => {
     it('refuses patterns that compile to more than maxPatternProgram instructions in all', () => {
       // \pL{999}\d is 10 characters and 1002 instructions: a counted repeat multiplies.
       const heavy = '"\\pL{999}\\d"';
-      parseFilter(`a matches [${Array(4).fill(heavy).join(', ')}]`);
-      const five = `a matches [${Array(4).fill(heavy).join(', ')}] or b matches ${heavy}`;
+      parseFilter(`a matches ${heavy}`);
+      const two = `a matches ${heavy} or b matches ${heavy}`;
       assert.throws(
-        () => parseFilter(five),
+        () => parseFilter(two),
         (e: unknown) =>
           e instanceof FilterSyntaxError &&
-          e.column === five.lastIndexOf(heavy) + 1 &&
-          e.expected === 'patterns of at most 4096 instructions in all' &&
-          /more than 4096 instructions at column/.test(e.message),
+          e.column === two.lastIndexOf(heavy) + 1 &&
+          e.expected === 'patterns of at most 1024 instructions in all' &&
+          /more than 1024 instructions at column/.test(e.message),
       );
       // Every occurrence counts, the same pattern too; plain text counts nothing.
       assert.throws(
@@ -524,6 +525,29 @@ describe('filter expressions (PROTOCOL.md section 7)', () => {
           .fill(`"${'[a-z]'.repeat(51)}"`)
           .join(', ')}]`,
       );
+    });
+
+    it('searches only strings the filter can afford (maxMatchCost), else the comparison is false', () => {
+      // 7 instructions: strings up to floor(2^17 / 7) = 18,724 characters are searched.
+      const hi = compileFilter('x matches "(?i)hello"');
+      assert.equal(hi.match({ x: `${'a'.repeat(18_719)}HELLO` }), true);
+      assert.equal(hi.match({ x: `${'a'.repeat(18_720)}HELLO` }), false, 'past the budget');
+      // The budget is the filter's: a second pattern halves what each may read.
+      const pair = compileFilter('x matches "(?i)hello" or y matches "(?i)hello"');
+      assert.equal(pair.match({ y: `${'a'.repeat(9_000)}hello` }), true);
+      assert.equal(pair.match({ y: `${'a'.repeat(9_400)}hello` }), false);
+      // Plain text and contains count one per value.
+      const plain = compileFilter('x matches "needle"');
+      assert.equal(plain.match({ x: `${'h'.repeat(131_000)}needle` }), true);
+      assert.equal(plain.match({ x: `${'h'.repeat(131_067)}needle` }), false);
+      const contains = compileFilter('x contains [a, b]');
+      assert.equal(contains.match({ x: `${'h'.repeat(65_000)}b` }), true);
+      assert.equal(contains.match({ x: `${'h'.repeat(65_536)}b` }), false);
+      assert.equal(compileFilter('x not contains [a, b]').match({ x: 'h'.repeat(70_000) }), false);
+      assert.equal(compileFilter('x not contains [a, b]').match({ x: 'h'.repeat(60_000) }), true);
+      // Lists in an array attribute are not string searches.
+      assert.equal(compileFilter('x contains [a]').match({ x: ['a'] }), true);
+      assert.equal(compileFilter('x matches "\\d"', { maxMatchCost: 1 }).match({ x: '12' }), false);
     });
 
     it('throws a RangeError for a limit that is not a positive integer', () => {
@@ -566,7 +590,10 @@ describe('filter expressions (PROTOCOL.md section 7)', () => {
         const text = input(n);
         it(`${pattern.length > 40 ? `${pattern.slice(0, 37)}…` : pattern} on ${n / 1000} KB: < ${BOUND_MS[n]} ms`, () => {
           assert.ok(pattern.length <= DEFAULT_FILTER_LIMITS.maxPatternLength);
-          const filter = compileFilter(`x matches ${JSON.stringify(pattern)}`);
+          // No budget: the engine itself must be linear on the whole string.
+          const filter = compileFilter(`x matches ${JSON.stringify(pattern)}`, {
+            maxMatchCost: Infinity,
+          });
           const started = performance.now();
           filter.match({ x: text });
           const elapsed = performance.now() - started;
@@ -576,6 +603,7 @@ describe('filter expressions (PROTOCOL.md section 7)', () => {
     }
 
     it('still finds the matches that exist', () => {
+      const unbounded = { maxMatchCost: Infinity };
       assert.equal(compileFilter(`x matches "${dotStars(60)}x"`).match({ x: 'item 1234 x' }), true);
       assert.equal(compileFilter('x matches "(a+)+$"').match({ x: `${'a'.repeat(10_000)}` }), true);
       assert.equal(
@@ -583,7 +611,7 @@ describe('filter expressions (PROTOCOL.md section 7)', () => {
         true,
       );
       assert.equal(
-        compileFilter('x matches "^(foo|bar)+$"').match({ x: 'foo'.repeat(20_000) }),
+        compileFilter('x matches "^(foo|bar)+$"', unbounded).match({ x: 'foo'.repeat(20_000) }),
         true,
       );
     });
