@@ -65,6 +65,8 @@ async function startServer(): Promise<ServerHandle> {
       stdio: ['pipe', 'pipe', 'pipe'],
     },
   );
+  // A server stuck in a busy loop never reads the end of its stdin: kill it with the runner.
+  process.once('exit', () => child.kill('SIGKILL'));
   const stderr: string[] = [];
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => stderr.push(chunk));
   const exited = new Promise<number | null>((resolve) =>
