@@ -49,11 +49,14 @@ import {
   type PublicationHeaders,
 } from './protocol/publication.js';
 import {
+  DEFAULT_PUSH_CONFIG_LIMITS,
   decodePushConfigMessage,
   parsePushConfig,
   PushConfigError,
+  SelectorPool,
   VERDICT_MEMO_SLOTS,
   type ConfigSelector,
+  type PushConfigLimits,
 } from './protocol/push-config.js';
 import type { PubSubClient, Unsubscribe } from './pubsub/contract.js';
 import { ServerSession, type PushSession } from './session.js';
@@ -241,6 +244,14 @@ export class PushServer {
   readonly ready: Promise<void>;
 
   readonly #sessions = new Set<ServerSession>();
+  /**
+   * The compiled selectors of the sessions' configs, shared between equal ones (the fan-out
+   * works out verdicts once per selector) and freed with the last session that holds each: a
+   * reference is taken when a config is applied and given back when it is replaced or its
+   * session closes. So selector memory is at most open sessions × maxPushConfigBytes.
+   */
+  readonly #selectors = new SelectorPool();
+  readonly #configLimits: PushConfigLimits;
   readonly #stats: PushStats = {
     sessionsOpen: 0,
     sessionsByEncoding: {},
@@ -323,6 +334,10 @@ export class PushServer {
     this.pubsub = pubsub;
     this.topic = topic;
     this.options = options;
+    this.#configLimits = {
+      ...DEFAULT_PUSH_CONFIG_LIMITS,
+      maxBytes: options.maxPushConfigBytes > 0 ? options.maxPushConfigBytes : Infinity,
+    };
     const sessionMws = options.plugins.flatMap((p) => (p.session ? [p.session.bind(p)] : []));
     const dispatchMws = options.plugins.flatMap((p) => (p.dispatch ? [p.dispatch.bind(p)] : []));
     const publishMws = options.plugins.flatMap((p) => (p.publish ? [p.publish.bind(p)] : []));
@@ -531,6 +546,8 @@ export class PushServer {
   #onClose(session: ServerSession, code: number, reason: string): void {
     if (!this.#sessions.delete(session)) return;
     session.abort();
+    // The session's reference on its selector; session.config stays readable for onSessionStop.
+    if (session.config !== undefined) this.#selectors.release(session.config);
     increment(this.#stats.sessionsClosed, code);
     this.#stats.sessionsByEncoding[session.encodings.write] =
       (this.#stats.sessionsByEncoding[session.encodings.write] ?? 1) - 1;
@@ -579,7 +596,10 @@ export class PushServer {
         : data;
     let config;
     try {
-      config = parsePushConfig(decodePushConfigMessage(bytes, session.encodings.read));
+      config = parsePushConfig(
+        decodePushConfigMessage(bytes, session.encodings.read),
+        this.#configLimits,
+      );
     } catch (error) {
       if (!(error instanceof PushConfigError)) throw error;
       this.#stats.invalidConfigs++;
@@ -596,7 +616,11 @@ export class PushServer {
       }
       return;
     }
-    session.config = config;
+    // A message delivered after the close was handled must not take a reference nobody gives back.
+    if (!this.#sessions.has(session)) return;
+    const previous = session.config;
+    session.config = this.#selectors.acquire(config);
+    if (previous !== undefined) this.#selectors.release(previous);
     session.errorState = false;
   }
 
@@ -822,8 +846,8 @@ export class PushServer {
     }
     const combined = count > 1 ? new BatchFrames(batch) : undefined;
     const passed = this.#passed;
-    // Step 3's verdicts depend on the config's selector and the event only, and sessions share
-    // selectors (interned): work them out once per selector for the whole batch, not per session.
+    // Step 3's verdicts depend on the config's selector and the event only, and sessions with
+    // equal configs share one (#selectors): work them out once per selector for the batch.
     const configPassed = this.#configPassed;
     let configSelector: ConfigSelector | undefined;
     let configPassing = 0;
