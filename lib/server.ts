@@ -543,8 +543,11 @@ export class PushServer {
     }
   }
 
-  #onClose(session: ServerSession, code: number, reason: string): void {
+  #onClose(session: ServerSession, socketCode: number, socketReason: string): void {
     if (!this.#sessions.delete(session)) return;
+    // Stats, metrics, logs and onSessionStop say why the server ended it, not how the socket went.
+    const code = session.policyCloseCode ?? socketCode;
+    const reason = session.policyCloseCode === undefined ? socketReason : 'slow consumer';
     session.abort();
     // The session's reference on its selector; session.config stays readable for onSessionStop.
     if (session.config !== undefined) this.#selectors.release(session.config);
@@ -1174,6 +1177,7 @@ export class PushServer {
     const ws = session.ws;
     if (ws === undefined || ws.readyState !== WS_OPEN) return;
     this.options.logger.debug({ sessionId: session.id }, 'pushwire: closing a slow consumer');
+    session.policyCloseCode = 1008;
     ws.close(1008, 'slow consumer');
     // The close frame waits behind the unread data; a reader that stopped will not answer it.
     setTimeout(() => ws.terminate(), 1000).unref();

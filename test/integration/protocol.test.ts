@@ -1114,6 +1114,45 @@ describe('§6 slow clients: a bounded outbound buffer', () => {
     });
   });
 
+  it("'close': the server records and reports 1008, even for a client that never reads again", async () => {
+    // Issue 19: the 1008 frame waits behind the full buffer; the terminate() that follows made
+    // the stats, the metrics, the logs and onSessionStop say 1006.
+    const stops: SessionStopInfo[] = [];
+    const logged: Array<{ msg: string; code: unknown }> = [];
+    const log = (obj: object, msg?: string): void => {
+      logged.push({ msg: msg ?? '', code: (obj as { code?: unknown }).code });
+    };
+    const logger = { debug: log, info: log, warn: log, error: log };
+    const recorder = definePlugin({
+      name: 'stops',
+      onSessionStop: (_s, info) => void stops.push(info),
+    });
+    const options = { maxBufferedBytes, slowConsumerPolicy: 'close' as const, logger };
+    await withApp({ options, plugins: [recorder] }, async (h) => {
+      const slow = await h.connect();
+      const fast = await h.connect();
+      const rawSocket = (slow.client.ws as unknown as { _socket: Socket })._socket;
+      rawSocket.pause();
+      await overflow(h, slow, fast);
+      // The client stays paused: the server ends the session on its own.
+      await waitFor(() => h.app.push.sessions().length === 1, {
+        timeout: WAIT_MS,
+        message: 'slow session not unregistered',
+      });
+      assert.deepEqual(h.app.push.stats().sessionsClosed, { 1008: 1 });
+      assert.deepEqual(
+        stops.map((s) => s.code),
+        [1008],
+      );
+      assert.deepEqual(
+        logged.filter((l) => l.msg === 'pushwire: session closed').map((l) => l.code),
+        [1008],
+      );
+      rawSocket.resume();
+      await h.marker(1, fast);
+    });
+  });
+
   it('a burst larger than the bound, in one turn, reaches a client that reads', async () => {
     await withApp({ options: { maxBufferedBytes: 128 * 1024 } }, async (h) => {
       const peer = await h.connect();
