@@ -35,6 +35,8 @@ import {
   encodeEntity,
   encodeMsgpackEvent,
   EventFormatError,
+  findProtoKey,
+  mayHoldProtoKey,
   normalizeTimestamp,
   WireEvent,
   wireEventFrom,
@@ -690,6 +692,21 @@ export class PushServer {
       );
       return;
     }
+    const undecodable = publication.event.undecodableReason();
+    if (undecodable !== undefined) {
+      // Dropped for every session alike, before plugins read it: JSON sessions and a plugin
+      // reading the entity cannot have it, so MessagePack sessions must not get it either.
+      this.#stats.eventsUndecodable++;
+      this.options.logger.warn(
+        {
+          identity: publication.event.identity,
+          type: publication.event.type,
+          reason: undecodable,
+        },
+        'pushwire: dropped an event whose entity does not decode',
+      );
+      return;
+    }
     if (this.#dispatchChain === undefined) {
       // No plugin: nothing can be async; the event joins this turn's batch.
       const stats = receivedAt >= 0 ? newStats() : undefined;
@@ -1263,6 +1280,13 @@ export class PushServer {
     try {
       timestamp = normalizeTimestamp(event);
       entityBytes = encodeEntity(event.entity);
+      // Only an entity whose bytes say __proto__ is searched: the common one costs a byte scan.
+      const path = mayHoldProtoKey(entityBytes) ? findProtoKey(event.entity) : undefined;
+      if (path !== undefined) {
+        throw new EventFormatError(
+          `${path}: an entity may not hold a __proto__ key (MessagePack decoders refuse it)`,
+        );
+      }
     } catch (error) {
       const message =
         error instanceof EventFormatError ? error.message : 'the entity cannot be encoded';

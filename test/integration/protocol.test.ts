@@ -18,6 +18,7 @@ import { describe, it } from 'node:test';
 import { decode, encode } from '@msgpack/msgpack';
 import WebSocket from 'ws';
 import {
+  authPlugin,
   definePlugin,
   dispatchPlugin,
   InvalidEventError,
@@ -35,6 +36,7 @@ import {
 } from '../../lib/index.js';
 import { encodeMsgpackEvent } from '../../lib/protocol/event.js';
 import { encodePublication } from '../../lib/protocol/publication.js';
+import { tenantIsolationPlugin } from '../../plugins/tenant/index.js';
 import { failOnUnhandledRejections } from '../helpers/guard.js';
 import { memoryLogger } from '../helpers/logger.js';
 import {
@@ -1241,6 +1243,65 @@ describe('publishing', () => {
       }
       assert.equal(pubsub.attempts, 0);
     });
+  });
+
+  it('an entity with a __proto__ key, at any depth, rejects with InvalidEventError naming it', async () => {
+    // Issue 19: MessagePack decoders refuse the key, so JSON sessions (and plugins reading the
+    // entity) could not have it while MessagePack sessions got it; publish() resolved.
+    const pubsub = new FlakyPubSub(0);
+    await withApp({ pubsub }, async (h) => {
+      const cases: Array<[unknown, RegExp]> = [
+        [JSON.parse('{"a":1,"__proto__":{"x":1}}'), /entity\.__proto__/],
+        [{ list: [1, JSON.parse('{"b":{"__proto__":2}}')] }, /entity\.list\[1\]\.b\.__proto__/],
+      ];
+      for (const [entity, path] of cases) {
+        await assert.rejects(
+          h.app.push.publish({ identity: 'task', type: 'create', entity }),
+          (error: unknown) => error instanceof InvalidEventError && path.test(error.message),
+        );
+      }
+      // A string that merely says __proto__ is an ordinary value.
+      await h.app.push.publish(task('__proto__', { note: '__proto__' }));
+      assert.equal(pubsub.attempts, 1);
+    });
+  });
+
+  it('an event from the topic whose entity has a __proto__ key: undecodable for every encoding, counted', async () => {
+    const warnings: string[] = [];
+    const warn = (_obj: object, msg?: string): void => void warnings.push(msg ?? '');
+    const logger = { debug: () => undefined, info: () => undefined, warn, error: warn };
+    const tenant = tenantIsolationPlugin();
+    const claims = authPlugin((session) => {
+      session.setClaims(['namespace=/acme']);
+      return 'ok';
+    });
+    for (const plugins of [[], [claims, tenant]]) {
+      await withApp({ options: { logger }, plugins }, async (h) => {
+        const json = await h.connect();
+        const msgpack = await h.connect({ query: { encoding: 'msgpack' } });
+        // As a bahamut server (or an older one of ours) would publish it.
+        const entity = encode(JSON.parse('{"namespace":"/acme","__proto__":{"x":1}}'));
+        const event = encodeMsgpackEvent('task', 'create', entity, new Date(Date.now() + 1000));
+        await h.app.pubsub.publish('events', encodePublication({ topic: 'events' }, event));
+        await h.app.push.publish({
+          identity: 'marker',
+          type: 'create',
+          entity: { marker: 1, namespace: '/acme' },
+        });
+        await Promise.all(
+          [json, msgpack].map((p) =>
+            waitFor(() => p.client.events.some((e) => isMarker(e, 1)), {
+              timeout: WAIT_MS,
+              message: `the marker did not reach ${p.token}`,
+            }),
+          ),
+        );
+        assert.deepEqual(seen(json), ['marker:1'], `plugins: ${plugins.length}`);
+        assert.deepEqual(seen(msgpack), ['marker:1'], `plugins: ${plugins.length}`);
+        assert.equal(h.app.push.stats().eventsUndecodable, 1, `plugins: ${plugins.length}`);
+      });
+    }
+    assert.equal(warnings.filter((w) => /does not decode/.test(w)).length, 2);
   });
 
   it('a publish plugin that answers false drops the event quietly; a throw rejects', async () => {
