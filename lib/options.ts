@@ -29,6 +29,16 @@ export interface PushOptions {
    * window; without it the session is closed with 1008. 0 disables. Default 10.
    */
   maxConfigsPerSecond?: number;
+  /**
+   * Most heap bytes one session's push config may hold once compiled
+   * (identities, types, filters, patterns, parameters), as estimated from
+   * above before compiling. A config past it is invalid: a 400 error event
+   * with `enableErrors`, else a close with 1003. Compiled selectors are
+   * shared between sessions with equal configs and freed with the last of
+   * them, so what push configs hold in all is at most the open sessions
+   * times this bound. 0 disables. Default 512 KiB.
+   */
+  maxPushConfigBytes?: number;
   /** Milliseconds between keepalive pings; 0 disables. Default 30,000. */
   pingInterval?: number;
   /** Bytes a session may have waiting to be written before the slow-consumer policy applies. Default 1 MiB. */
@@ -57,6 +67,7 @@ export interface ResolvedOptions {
   allowedOrigins: ((origin: string) => boolean) | undefined;
   maxPayload: number;
   maxConfigsPerSecond: number;
+  maxPushConfigBytes: number;
   pingInterval: number;
   maxBufferedBytes: number;
   slowConsumerPolicy: SlowConsumerPolicy;
@@ -170,6 +181,7 @@ export function resolveOptions(handlers: Plugin[] | PushOptions | undefined): Re
     allowedOrigins,
     maxPayload: nonNegative('maxPayload', options.maxPayload, 64 * 1024),
     maxConfigsPerSecond: nonNegative('maxConfigsPerSecond', options.maxConfigsPerSecond, 10),
+    maxPushConfigBytes: nonNegative('maxPushConfigBytes', options.maxPushConfigBytes, 512 * 1024),
     pingInterval: nonNegative('pingInterval', options.pingInterval, 30_000),
     maxBufferedBytes: nonNegative('maxBufferedBytes', options.maxBufferedBytes, 1024 * 1024),
     slowConsumerPolicy: policy,

@@ -35,6 +35,8 @@ import {
   encodeEntity,
   encodeMsgpackEvent,
   EventFormatError,
+  findProtoKey,
+  mayHoldProtoKey,
   normalizeTimestamp,
   WireEvent,
   wireEventFrom,
@@ -49,11 +51,14 @@ import {
   type PublicationHeaders,
 } from './protocol/publication.js';
 import {
+  DEFAULT_PUSH_CONFIG_LIMITS,
   decodePushConfigMessage,
   parsePushConfig,
   PushConfigError,
+  SelectorPool,
   VERDICT_MEMO_SLOTS,
   type ConfigSelector,
+  type PushConfigLimits,
 } from './protocol/push-config.js';
 import type { PubSubClient, Unsubscribe } from './pubsub/contract.js';
 import { ServerSession, type PushSession } from './session.js';
@@ -241,6 +246,14 @@ export class PushServer {
   readonly ready: Promise<void>;
 
   readonly #sessions = new Set<ServerSession>();
+  /**
+   * The compiled selectors of the sessions' configs, shared between equal ones (the fan-out
+   * works out verdicts once per selector) and freed with the last session that holds each: a
+   * reference is taken when a config is applied and given back when it is replaced or its
+   * session closes. So selector memory is at most open sessions × maxPushConfigBytes.
+   */
+  readonly #selectors = new SelectorPool();
+  readonly #configLimits: PushConfigLimits;
   readonly #stats: PushStats = {
     sessionsOpen: 0,
     sessionsByEncoding: {},
@@ -323,6 +336,10 @@ export class PushServer {
     this.pubsub = pubsub;
     this.topic = topic;
     this.options = options;
+    this.#configLimits = {
+      ...DEFAULT_PUSH_CONFIG_LIMITS,
+      maxBytes: options.maxPushConfigBytes > 0 ? options.maxPushConfigBytes : Infinity,
+    };
     const sessionMws = options.plugins.flatMap((p) => (p.session ? [p.session.bind(p)] : []));
     const dispatchMws = options.plugins.flatMap((p) => (p.dispatch ? [p.dispatch.bind(p)] : []));
     const publishMws = options.plugins.flatMap((p) => (p.publish ? [p.publish.bind(p)] : []));
@@ -528,9 +545,14 @@ export class PushServer {
     }
   }
 
-  #onClose(session: ServerSession, code: number, reason: string): void {
+  #onClose(session: ServerSession, socketCode: number, socketReason: string): void {
     if (!this.#sessions.delete(session)) return;
+    // Stats, metrics, logs and onSessionStop say why the server ended it, not how the socket went.
+    const code = session.policyCloseCode ?? socketCode;
+    const reason = session.policyCloseCode === undefined ? socketReason : 'slow consumer';
     session.abort();
+    // The session's reference on its selector; session.config stays readable for onSessionStop.
+    if (session.config !== undefined) this.#selectors.release(session.config);
     increment(this.#stats.sessionsClosed, code);
     this.#stats.sessionsByEncoding[session.encodings.write] =
       (this.#stats.sessionsByEncoding[session.encodings.write] ?? 1) - 1;
@@ -579,7 +601,10 @@ export class PushServer {
         : data;
     let config;
     try {
-      config = parsePushConfig(decodePushConfigMessage(bytes, session.encodings.read));
+      config = parsePushConfig(
+        decodePushConfigMessage(bytes, session.encodings.read),
+        this.#configLimits,
+      );
     } catch (error) {
       if (!(error instanceof PushConfigError)) throw error;
       this.#stats.invalidConfigs++;
@@ -596,7 +621,11 @@ export class PushServer {
       }
       return;
     }
-    session.config = config;
+    // A message delivered after the close was handled must not take a reference nobody gives back.
+    if (!this.#sessions.has(session)) return;
+    const previous = session.config;
+    session.config = this.#selectors.acquire(config);
+    if (previous !== undefined) this.#selectors.release(previous);
     session.errorState = false;
   }
 
@@ -660,6 +689,21 @@ export class PushServer {
       this.options.logger.warn(
         { err: describeError(error), bytes: payload.byteLength },
         'pushwire: dropped a publication that does not decode',
+      );
+      return;
+    }
+    const undecodable = publication.event.undecodableReason();
+    if (undecodable !== undefined) {
+      // Dropped for every session alike, before plugins read it: JSON sessions and a plugin
+      // reading the entity cannot have it, so MessagePack sessions must not get it either.
+      this.#stats.eventsUndecodable++;
+      this.options.logger.warn(
+        {
+          identity: publication.event.identity,
+          type: publication.event.type,
+          reason: undecodable,
+        },
+        'pushwire: dropped an event whose entity does not decode',
       );
       return;
     }
@@ -822,8 +866,8 @@ export class PushServer {
     }
     const combined = count > 1 ? new BatchFrames(batch) : undefined;
     const passed = this.#passed;
-    // Step 3's verdicts depend on the config's selector and the event only, and sessions share
-    // selectors (interned): work them out once per selector for the whole batch, not per session.
+    // Step 3's verdicts depend on the config's selector and the event only, and sessions with
+    // equal configs share one (#selectors): work them out once per selector for the batch.
     const configPassed = this.#configPassed;
     let configSelector: ConfigSelector | undefined;
     let configPassing = 0;
@@ -1150,6 +1194,7 @@ export class PushServer {
     const ws = session.ws;
     if (ws === undefined || ws.readyState !== WS_OPEN) return;
     this.options.logger.debug({ sessionId: session.id }, 'pushwire: closing a slow consumer');
+    session.policyCloseCode = 1008;
     ws.close(1008, 'slow consumer');
     // The close frame waits behind the unread data; a reader that stopped will not answer it.
     setTimeout(() => ws.terminate(), 1000).unref();
@@ -1235,6 +1280,13 @@ export class PushServer {
     try {
       timestamp = normalizeTimestamp(event);
       entityBytes = encodeEntity(event.entity);
+      // Only an entity whose bytes say __proto__ is searched: the common one costs a byte scan.
+      const path = mayHoldProtoKey(entityBytes) ? findProtoKey(event.entity) : undefined;
+      if (path !== undefined) {
+        throw new EventFormatError(
+          `${path}: an entity may not hold a __proto__ key (MessagePack decoders refuse it)`,
+        );
+      }
     } catch (error) {
       const message =
         error instanceof EventFormatError ? error.message : 'the entity cannot be encoded';

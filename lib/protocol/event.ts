@@ -100,6 +100,60 @@ export function encodeEntity(entity: unknown): Uint8Array {
   return encode(entity);
 }
 
+/** The key MessagePack decoders refuse (ours, @msgpack/msgpack, throws on it): an entity holding it decodes nowhere. */
+const PROTO_KEY = '__proto__';
+const PROTO_KEY_BYTES = Buffer.from(PROTO_KEY, 'latin1');
+/** Deeper than this, an entity is not searched further (the encoder refuses 100 levels anyway). */
+const MAX_SEARCH_DEPTH = 100;
+
+/**
+ * The path of the first own `__proto__` key in a value (`entity.a[2].__proto__`),
+ * through arrays, Maps and objects' own enumerable keys, or undefined. Why:
+ * such an entity encodes, but no MessagePack decoder of ours will read it,
+ * so JSON sessions and plugins would never see what MessagePack sessions got.
+ */
+export function findProtoKey(value: unknown, path = 'entity', depth = 0): string | undefined {
+  if (value === null || typeof value !== 'object' || depth > MAX_SEARCH_DEPTH) return undefined;
+  if (ArrayBuffer.isView(value) || value instanceof Date) return undefined;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const found = findProtoKey(value[i], `${path}[${i}]`, depth + 1);
+      if (found !== undefined) return found;
+    }
+    return undefined;
+  }
+  if (value instanceof Map) {
+    for (const [key, item] of value) {
+      if (key === PROTO_KEY) return `${path}.${PROTO_KEY}`;
+      const found = findProtoKey(item, `${path}.${String(key)}`, depth + 1);
+      if (found !== undefined) return found;
+    }
+    return undefined;
+  }
+  for (const key of Object.keys(value)) {
+    if (key === PROTO_KEY) return `${path}.${PROTO_KEY}`;
+    const found = findProtoKey(
+      (value as Record<string, unknown>)[key],
+      `${path}.${key}`,
+      depth + 1,
+    );
+    if (found !== undefined) return found;
+  }
+  return undefined;
+}
+
+/**
+ * True when MessagePack bytes may hold a `__proto__` key: keys are raw
+ * UTF-8 there, so one that does not contain the nine bytes holds none. A
+ * byte search, far cheaper than a decode, so that only the rare entity
+ * that says `__proto__` somewhere is decoded to find out.
+ */
+export function mayHoldProtoKey(bytes: Uint8Array): boolean {
+  return (
+    Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).indexOf(PROTO_KEY_BYTES) !== -1
+  );
+}
+
 /**
  * Numbers WireEvents in the order they are made. Never wraps in practice (2^53 events), so a
  * number names one event for the life of the process.
@@ -172,6 +226,28 @@ export class WireEvent {
       this.#entityDecoded = true;
     }
     return this.#entity;
+  }
+
+  /**
+   * Why no session can be given this event, or undefined: an entity that
+   * holds a `__proto__` key, which JSON sessions and plugins could not read
+   * while MessagePack sessions got the publisher's bytes. Checked before
+   * dispatch so that it is undecodable for every encoding alike. MessagePack
+   * entities are decoded only when their bytes contain the key's text.
+   */
+  undecodableReason(): string | undefined {
+    if (this.#entityDecoded) {
+      const path = findProtoKey(this.#entity);
+      return path === undefined ? undefined : `the entity holds a __proto__ key at ${path}`;
+    }
+    if (this.entityEncoding !== MSGPACK_MEDIA_TYPE) return undefined;
+    if (!mayHoldProtoKey(this.#entityBytes as Uint8Array)) return undefined;
+    try {
+      void this.entity;
+    } catch (error) {
+      return (error as Error).message;
+    }
+    return undefined;
   }
 
   /** True once the entity has been decoded (for tests of the decode-once rule). */

@@ -25,14 +25,22 @@ export interface PushConfigLimits {
   maxTypesPerIdentity: number;
   /** Most keys in `parameters`. Default 100. */
   maxParameters: number;
+  /**
+   * Most heap bytes the config may hold once compiled, by
+   * {@link estimatePushConfigBytes} (never below the real figure);
+   * `Infinity` lifts the bound. Default 512 KiB (the server's
+   * `maxPushConfigBytes`).
+   */
+  maxBytes: number;
 }
 
 /** The defaults of {@link PushConfigLimits}. */
-export const DEFAULT_PUSH_CONFIG_LIMITS: PushConfigLimits = {
+export const DEFAULT_PUSH_CONFIG_LIMITS: Readonly<PushConfigLimits> = Object.freeze({
   maxIdentities: 1000,
   maxTypesPerIdentity: 100,
   maxParameters: 100,
-};
+  maxBytes: 512 * 1024,
+});
 
 /**
  * An invalid push config: undecodable, of the wrong shape, or with a filter
@@ -71,8 +79,8 @@ export const VERDICT_MEMO_SLOTS = 32;
 
 /**
  * A selector's remembered verdicts, slot by slot. It keeps the events'
- * numbers, not the events: a selector outlives its sessions (interned), and
- * must not keep their payloads alive.
+ * numbers, not the events: a selector lives as long as the sessions (and
+ * plugins) that hold it, and must not keep the payloads alive with it.
  */
 interface VerdictMemo {
   keys: number[];
@@ -82,11 +90,14 @@ interface VerdictMemo {
 
 /**
  * The part of a push config that decides which events pass (identities,
- * types, filters), shared by every session that sent the same one, with its
- * verdicts on the latest events remembered: 1,000 sessions with one config
- * cost one evaluation per event, not 1,000.
+ * types, filters), shared through a {@link SelectorPool} by every session
+ * that sent the same one, with its verdicts on the latest events
+ * remembered: 1,000 sessions with one config cost one evaluation per event,
+ * not 1,000.
  */
 export class ConfigSelector {
+  /** The normalized text of what decides dispatch: equal keys select the same events. */
+  readonly key: string;
   /** Identity → accepted types (null: all types); null when every event passes this step. */
   readonly identities: ReadonlyMap<string, ReadonlySet<string> | null> | null;
   /** Identity → compiled filter. */
@@ -96,9 +107,11 @@ export class ConfigSelector {
   #memo: VerdictMemo | undefined;
 
   constructor(
+    key: string,
     identities: Map<string, Set<string> | null> | null,
     filters: Map<string, CompiledFilter>,
   ) {
+    this.key = key;
     this.identities = identities;
     this.filters = filters;
   }
@@ -149,21 +162,67 @@ export class ConfigSelector {
   }
 }
 
-/** Selectors by their source text; bounded so that clients cannot grow it without limit. */
-const selectors = new Map<string, ConfigSelector>();
-const MAX_INTERNED_SELECTORS = 10_000;
+/** A selector in a pool, and how many held configs use it. */
+interface PoolEntry {
+  readonly selector: ConfigSelector;
+  refs: number;
+}
 
-function internSelector(
-  key: string,
-  identities: Map<string, Set<string> | null> | null,
-  filters: Map<string, CompiledFilter>,
-): ConfigSelector {
-  const known = selectors.get(key);
-  if (known !== undefined) return known;
-  if (selectors.size >= MAX_INTERNED_SELECTORS) selectors.clear();
-  const selector = new ConfigSelector(identities, filters);
-  selectors.set(key, selector);
-  return selector;
+/**
+ * The selectors in use by a server's sessions, one per distinct config,
+ * each counted by the configs that hold it and forgotten with the last:
+ * equal configs share one selector (and its verdict memo) for as long as
+ * one session uses it, and nothing outlives the sessions. Why not a
+ * module-level cache: bounded by entries, it kept up to 10,000 selectors of
+ * any size after their sessions had gone (issue 19: 242 MB after one
+ * client's 100 configs). With the pool, the selectors in memory are those
+ * of open sessions, so their total is bounded by sessions ×
+ * `maxPushConfigBytes`.
+ */
+export class SelectorPool {
+  readonly #entries = new Map<string, PoolEntry>();
+  /** The entry each acquired config holds (weak: a config the caller drops needs no release to be collected). */
+  readonly #held = new WeakMap<PushConfig, PoolEntry>();
+
+  /** Distinct selectors held now. */
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /**
+   * Takes a reference on the selector of a config equal to `config` (its
+   * own when none is held yet) and returns the config to keep: `config`, or
+   * a copy sharing the held selector. Give it back with {@link release}.
+   */
+  acquire(config: PushConfig): PushConfig {
+    const key = config.selector.key;
+    let entry = this.#entries.get(key);
+    if (entry === undefined) {
+      entry = { selector: config.selector, refs: 0 };
+      this.#entries.set(key, entry);
+    }
+    const held =
+      entry.selector === config.selector && !this.#held.has(config)
+        ? config
+        : new PushConfig(entry.selector, config.parameters, config.input, config.estimatedBytes);
+    entry.refs++;
+    this.#held.set(held, entry);
+    return held;
+  }
+
+  /**
+   * Gives back the reference a config returned by {@link acquire} holds;
+   * the selector is forgotten when no config holds it. A config not
+   * acquired here, or already released, is ignored.
+   */
+  release(config: PushConfig): void {
+    const entry = this.#held.get(config);
+    if (entry === undefined) return;
+    this.#held.delete(config);
+    if (--entry.refs === 0 && this.#entries.get(entry.selector.key) === entry) {
+      this.#entries.delete(entry.selector.key);
+    }
+  }
 }
 
 /** A validated push config, its filters compiled once. */
@@ -174,15 +233,19 @@ export class PushConfig {
   readonly parameters: Readonly<Record<string, readonly string[]>>;
   /** The config as the client sent it, normalized (for plugins and logs). */
   readonly input: Readonly<PushConfigInput>;
+  /** The heap bytes it holds once compiled, estimated from above ({@link estimatePushConfigBytes}). */
+  readonly estimatedBytes: number;
 
   constructor(
     selector: ConfigSelector,
-    parameters: Record<string, string[]>,
-    input: PushConfigInput,
+    parameters: Readonly<Record<string, readonly string[]>>,
+    input: Readonly<PushConfigInput>,
+    estimatedBytes: number,
   ) {
     this.selector = selector;
     this.parameters = parameters;
     this.input = input;
+    this.estimatedBytes = estimatedBytes;
   }
 
   /** Identity → accepted types (null: all types); null when every event passes this step. */
@@ -235,14 +298,140 @@ export function decodePushConfigMessage(data: Uint8Array, encoding: Encoding): u
   }
 }
 
+// ---------------------------------------------------------------------------
+// What a config holds, in bytes
+//
+// Calibrated on V8 (Node 20) by parsing 40 distinct configs of one construct each, holding them,
+// and reading `process.memoryUsage().heapUsed` after full collections (--expose-gc): the cost of
+// each construct per config, divided by how many it has. Each constant is rounded up from the
+// worst case measured for what it counts, so that the estimate stays above the real figure for
+// every construct (test/unit/push-config-memory.test.ts checks it; the report of issue 19 gives
+// the figures). A filter is not parsed to be estimated: a scan of its text counts its tokens,
+// each of which the parser would see at least once, so the estimate is made before any
+// compiling and a config past the bound costs no more than this scan.
+
+/** A config, its selector, maps and verdict memo (measured ~0.4 KB, +1 KB memo once judged). */
+const CONFIG_BYTES = 2048;
+/** An identity: its map entry, its set of types (measured ~125 B with no types), its key. */
+const IDENTITY_BYTES = 256;
+/** A type in an identity's set (measured ~40 B). */
+const TYPE_BYTES = 64;
+/** A parameter name and its list. */
+const PARAMETER_BYTES = 128;
+/** A parameter value (measured ~10 B: the strings are the decoded message's). */
+const PARAMETER_VALUE_BYTES = 32;
+/** A filter: its compiled closure, its map entry, its regex cache (measured ~0.7 KB). */
+const FILTER_BYTES = 1024;
+/**
+ * A token of a filter outside a list: a key, an operator word, a value, a connective, `(` or
+ * `[`. A comparison has at least two and, but the last, a connective: the densest, `a in [1] or`
+ * (two sets and three closures, measured 590 B), is four (768 B).
+ */
+const TOKEN_BYTES = 192;
+/** A value inside a list: an entry in a set, a string (measured up to 62 B). */
+const LIST_VALUE_BYTES = 64;
+/** A `matches` pattern compiled and run (measured up to 1 KB for `\p{L}`, 0.3 KB for `a`). */
+const PATTERN_BYTES = 1024;
+
+/** An upper bound on the heap a string holds: a header, and two bytes per code unit. */
+function stringBytes(text: string): number {
+  return 24 + 2 * text.length;
+}
+
+/** Characters that end a word for the scan: whitespace, quotes and the filter's symbols. */
+const SEPARATORS = new Set([...' \t\n\r\f\v"\'[](),=!<>'].map((c) => c.charCodeAt(0)));
+
+/** The heap a filter may hold once compiled, from a scan of its text (see above). */
+function estimateFilterBytes(source: string): number {
+  // The text itself is kept three times over: the config's input, the selector's key, slices.
+  let bytes = FILTER_BYTES + 3 * stringBytes(source);
+  let inList = false;
+  let listOfPatterns = false;
+  let previousWord = '';
+  const length = source.length;
+  let i = 0;
+  while (i < length) {
+    const c = source.charCodeAt(i);
+    let token: string | undefined;
+    if (c === 34 || c === 39) {
+      let end = i + 1;
+      while (end < length && source.charCodeAt(end) !== c)
+        end += source.charCodeAt(end) === 92 ? 2 : 1;
+      token = source.slice(i + 1, end);
+      i = end + 1;
+    } else if (c === 91 /* [ */) {
+      if (!inList) bytes += TOKEN_BYTES;
+      inList = true;
+      listOfPatterns = previousWord === 'matches';
+      i++;
+      continue;
+    } else if (c === 93 /* ] */) {
+      inList = false;
+      previousWord = '';
+      i++;
+      continue;
+    } else if (c === 40 /* ( */) {
+      bytes += TOKEN_BYTES;
+      i++;
+      continue;
+    } else if (SEPARATORS.has(c)) {
+      i++;
+      continue;
+    } else {
+      let end = i + 1;
+      while (end < length && !SEPARATORS.has(source.charCodeAt(end))) end++;
+      token = source.slice(i, end);
+      i = end;
+    }
+    if (inList) {
+      bytes += LIST_VALUE_BYTES + stringBytes(token);
+      if (listOfPatterns) bytes += PATTERN_BYTES + 2 * stringBytes(token);
+      continue;
+    }
+    bytes += TOKEN_BYTES + stringBytes(token);
+    if (previousWord === 'matches') bytes += PATTERN_BYTES + 2 * stringBytes(token);
+    previousWord = token.toLowerCase();
+  }
+  return bytes;
+}
+
+/**
+ * The heap bytes a validated push config may hold once compiled, estimated
+ * from above: never less than V8's figure for the constructs it was
+ * calibrated on (constants above), at most about twice it for dense
+ * filters. Pure and cheap: a scan of the filters' text, no parsing.
+ */
+export function estimatePushConfigBytes(input: Readonly<PushConfigInput>): number {
+  let bytes = CONFIG_BYTES;
+  for (const [identity, types] of Object.entries(input.identities ?? {})) {
+    bytes += IDENTITY_BYTES + 2 * stringBytes(identity);
+    for (const type of types ?? []) bytes += TYPE_BYTES + 2 * stringBytes(type);
+  }
+  for (const source of Object.values(input.filters ?? {})) bytes += estimateFilterBytes(source);
+  for (const [name, values] of Object.entries(input.parameters ?? {})) {
+    bytes += PARAMETER_BYTES + stringBytes(name);
+    const list = typeof values === 'string' ? [values] : values;
+    for (const value of list) bytes += PARAMETER_VALUE_BYTES + stringBytes(value);
+  }
+  return bytes;
+}
+
 /**
  * Validates a decoded push config and compiles its filters. Throws
- * {@link PushConfigError} with a message that says what is wrong.
+ * {@link PushConfigError} with a message that says what is wrong, and
+ * when the config would hold more than `limits.maxBytes` (estimated before
+ * anything is compiled). The config's selector is its own: nothing is
+ * kept here, so a config dropped is garbage; share equal ones with a
+ * {@link SelectorPool}. Limits left out take {@link DEFAULT_PUSH_CONFIG_LIMITS}.
  */
 export function parsePushConfig(
   value: unknown,
-  limits: PushConfigLimits = DEFAULT_PUSH_CONFIG_LIMITS,
+  limits: Partial<PushConfigLimits> = DEFAULT_PUSH_CONFIG_LIMITS,
 ): PushConfig {
+  const { maxIdentities, maxTypesPerIdentity, maxParameters, maxBytes } = {
+    ...DEFAULT_PUSH_CONFIG_LIMITS,
+    ...limits,
+  };
   if (!isPlainObject(value)) throw new PushConfigError('the push config must be an object');
   for (const key of Object.keys(value)) {
     if (key !== 'identities' && key !== 'filters' && key !== 'parameters') {
@@ -257,8 +446,8 @@ export function parsePushConfig(
       throw new PushConfigError('identities must be an object of identity → list of types');
     }
     const entries = Object.entries(value.identities);
-    if (entries.length > limits.maxIdentities) {
-      throw new PushConfigError(`too many identities (at most ${limits.maxIdentities})`);
+    if (entries.length > maxIdentities) {
+      throw new PushConfigError(`too many identities (at most ${maxIdentities})`);
     }
     // No prototype: a client's `__proto__` key must stay a plain key.
     input.identities = Object.create(null) as Record<string, string[]>;
@@ -274,9 +463,9 @@ export function parsePushConfig(
           identity,
         });
       }
-      if (types.length > limits.maxTypesPerIdentity) {
+      if (types.length > maxTypesPerIdentity) {
         throw new PushConfigError(
-          `identities.${identity} lists too many types (at most ${limits.maxTypesPerIdentity})`,
+          `identities.${identity} lists too many types (at most ${maxTypesPerIdentity})`,
           { identity },
         );
       }
@@ -285,7 +474,7 @@ export function parsePushConfig(
     }
   }
 
-  const filters = new Map<string, CompiledFilter>();
+  // Checked first, compiled once the whole config is known to fit within maxBytes.
   if (value.filters !== undefined && value.filters !== null) {
     if (!isPlainObject(value.filters)) {
       throw new PushConfigError('filters must be an object of identity → filter expression');
@@ -301,18 +490,6 @@ export function parsePushConfig(
           { identity },
         );
       }
-      try {
-        filters.set(identity, compileFilter(source));
-      } catch (error) {
-        if (error instanceof FilterSyntaxError) {
-          throw new PushConfigError(`filters.${identity}: ${error.message}`, {
-            identity,
-            column: error.column,
-            expected: error.expected,
-          });
-        }
-        throw error;
-      }
       input.filters[identity] = source;
     }
   }
@@ -323,8 +500,8 @@ export function parsePushConfig(
       throw new PushConfigError('parameters must be an object of name → list of strings');
     }
     const entries = Object.entries(value.parameters);
-    if (entries.length > limits.maxParameters) {
-      throw new PushConfigError(`too many parameters (at most ${limits.maxParameters})`);
+    if (entries.length > maxParameters) {
+      throw new PushConfigError(`too many parameters (at most ${maxParameters})`);
     }
     for (const [name, v] of entries) {
       if (typeof v === 'string') parameters[name] = [v];
@@ -338,7 +515,37 @@ export function parsePushConfig(
     input.parameters = parameters;
   }
 
+  const estimatedBytes = estimatePushConfigBytes(input);
+  if (estimatedBytes > maxBytes) {
+    throw new PushConfigError(
+      `the push config would hold about ${estimatedBytes} bytes once compiled ` +
+        `(maxPushConfigBytes: at most ${maxBytes} bytes)`,
+      { estimatedBytes, maxBytes },
+    );
+  }
+
+  const filters = new Map<string, CompiledFilter>();
+  for (const [identity, source] of Object.entries(input.filters ?? {})) {
+    try {
+      filters.set(identity, compileFilter(source));
+    } catch (error) {
+      if (error instanceof FilterSyntaxError) {
+        throw new PushConfigError(`filters.${identity}: ${error.message}`, {
+          identity,
+          column: error.column,
+          expected: error.expected,
+        });
+      }
+      throw error;
+    }
+  }
+
   // The key is the normalized text of what decides dispatch: equal texts select the same events.
   const key = JSON.stringify([input.identities ?? null, input.filters ?? null]);
-  return new PushConfig(internSelector(key, identities, filters), parameters, input);
+  return new PushConfig(
+    new ConfigSelector(key, identities, filters),
+    parameters,
+    input,
+    estimatedBytes,
+  );
 }

@@ -18,6 +18,7 @@ import { describe, it } from 'node:test';
 import { decode, encode } from '@msgpack/msgpack';
 import WebSocket from 'ws';
 import {
+  authPlugin,
   definePlugin,
   dispatchPlugin,
   InvalidEventError,
@@ -35,6 +36,7 @@ import {
 } from '../../lib/index.js';
 import { encodeMsgpackEvent } from '../../lib/protocol/event.js';
 import { encodePublication } from '../../lib/protocol/publication.js';
+import { tenantIsolationPlugin } from '../../plugins/tenant/index.js';
 import { failOnUnhandledRejections } from '../helpers/guard.js';
 import { memoryLogger } from '../helpers/logger.js';
 import {
@@ -1114,6 +1116,45 @@ describe('§6 slow clients: a bounded outbound buffer', () => {
     });
   });
 
+  it("'close': the server records and reports 1008, even for a client that never reads again", async () => {
+    // Issue 19: the 1008 frame waits behind the full buffer; the terminate() that follows made
+    // the stats, the metrics, the logs and onSessionStop say 1006.
+    const stops: SessionStopInfo[] = [];
+    const logged: Array<{ msg: string; code: unknown }> = [];
+    const log = (obj: object, msg?: string): void => {
+      logged.push({ msg: msg ?? '', code: (obj as { code?: unknown }).code });
+    };
+    const logger = { debug: log, info: log, warn: log, error: log };
+    const recorder = definePlugin({
+      name: 'stops',
+      onSessionStop: (_s, info) => void stops.push(info),
+    });
+    const options = { maxBufferedBytes, slowConsumerPolicy: 'close' as const, logger };
+    await withApp({ options, plugins: [recorder] }, async (h) => {
+      const slow = await h.connect();
+      const fast = await h.connect();
+      const rawSocket = (slow.client.ws as unknown as { _socket: Socket })._socket;
+      rawSocket.pause();
+      await overflow(h, slow, fast);
+      // The client stays paused: the server ends the session on its own.
+      await waitFor(() => h.app.push.sessions().length === 1, {
+        timeout: WAIT_MS,
+        message: 'slow session not unregistered',
+      });
+      assert.deepEqual(h.app.push.stats().sessionsClosed, { 1008: 1 });
+      assert.deepEqual(
+        stops.map((s) => s.code),
+        [1008],
+      );
+      assert.deepEqual(
+        logged.filter((l) => l.msg === 'pushwire: session closed').map((l) => l.code),
+        [1008],
+      );
+      rawSocket.resume();
+      await h.marker(1, fast);
+    });
+  });
+
   it('a burst larger than the bound, in one turn, reaches a client that reads', async () => {
     await withApp({ options: { maxBufferedBytes: 128 * 1024 } }, async (h) => {
       const peer = await h.connect();
@@ -1202,6 +1243,65 @@ describe('publishing', () => {
       }
       assert.equal(pubsub.attempts, 0);
     });
+  });
+
+  it('an entity with a __proto__ key, at any depth, rejects with InvalidEventError naming it', async () => {
+    // Issue 19: MessagePack decoders refuse the key, so JSON sessions (and plugins reading the
+    // entity) could not have it while MessagePack sessions got it; publish() resolved.
+    const pubsub = new FlakyPubSub(0);
+    await withApp({ pubsub }, async (h) => {
+      const cases: Array<[unknown, RegExp]> = [
+        [JSON.parse('{"a":1,"__proto__":{"x":1}}'), /entity\.__proto__/],
+        [{ list: [1, JSON.parse('{"b":{"__proto__":2}}')] }, /entity\.list\[1\]\.b\.__proto__/],
+      ];
+      for (const [entity, path] of cases) {
+        await assert.rejects(
+          h.app.push.publish({ identity: 'task', type: 'create', entity }),
+          (error: unknown) => error instanceof InvalidEventError && path.test(error.message),
+        );
+      }
+      // A string that merely says __proto__ is an ordinary value.
+      await h.app.push.publish(task('__proto__', { note: '__proto__' }));
+      assert.equal(pubsub.attempts, 1);
+    });
+  });
+
+  it('an event from the topic whose entity has a __proto__ key: undecodable for every encoding, counted', async () => {
+    const warnings: string[] = [];
+    const warn = (_obj: object, msg?: string): void => void warnings.push(msg ?? '');
+    const logger = { debug: () => undefined, info: () => undefined, warn, error: warn };
+    const tenant = tenantIsolationPlugin();
+    const claims = authPlugin((session) => {
+      session.setClaims(['namespace=/acme']);
+      return 'ok';
+    });
+    for (const plugins of [[], [claims, tenant]]) {
+      await withApp({ options: { logger }, plugins }, async (h) => {
+        const json = await h.connect();
+        const msgpack = await h.connect({ query: { encoding: 'msgpack' } });
+        // As a bahamut server (or an older one of ours) would publish it.
+        const entity = encode(JSON.parse('{"namespace":"/acme","__proto__":{"x":1}}'));
+        const event = encodeMsgpackEvent('task', 'create', entity, new Date(Date.now() + 1000));
+        await h.app.pubsub.publish('events', encodePublication({ topic: 'events' }, event));
+        await h.app.push.publish({
+          identity: 'marker',
+          type: 'create',
+          entity: { marker: 1, namespace: '/acme' },
+        });
+        await Promise.all(
+          [json, msgpack].map((p) =>
+            waitFor(() => p.client.events.some((e) => isMarker(e, 1)), {
+              timeout: WAIT_MS,
+              message: `the marker did not reach ${p.token}`,
+            }),
+          ),
+        );
+        assert.deepEqual(seen(json), ['marker:1'], `plugins: ${plugins.length}`);
+        assert.deepEqual(seen(msgpack), ['marker:1'], `plugins: ${plugins.length}`);
+        assert.equal(h.app.push.stats().eventsUndecodable, 1, `plugins: ${plugins.length}`);
+      });
+    }
+    assert.equal(warnings.filter((w) => /does not decode/.test(w)).length, 2);
   });
 
   it('a publish plugin that answers false drops the event quietly; a throw rejects', async () => {
