@@ -1,6 +1,7 @@
 /** The options of pushMiddleware and their defaults. */
 import type { Plugin } from './chain.js';
 import { silentLogger, type Logger } from './logger.js';
+import { DEFAULT_FILTER_LIMITS, type FilterLimits } from './protocol/filter.js';
 
 /** What to do with a session whose client reads slower than events arrive. */
 export type SlowConsumerPolicy = 'drop' | 'close';
@@ -39,6 +40,15 @@ export interface PushOptions {
    * times this bound. 0 disables. Default 512 KiB.
    */
   maxPushConfigBytes?: number;
+  /**
+   * Bounds on the filters of push configs (docs/filters.md): any field of
+   * `FilterLimits`, the others at their defaults (`DEFAULT_FILTER_LIMITS`).
+   * `maxMatchCost` bounds what one event may cost a session's filter; raise
+   * it only for filters that must search long text, knowing the worst case
+   * grows with it. A limit that is not a positive integer (or Infinity)
+   * throws a TypeError here.
+   */
+  filterLimits?: Partial<FilterLimits>;
   /** Milliseconds between keepalive pings; 0 disables. Default 30,000. */
   pingInterval?: number;
   /** Bytes a session may have waiting to be written before the slow-consumer policy applies. Default 1 MiB. */
@@ -68,6 +78,7 @@ export interface ResolvedOptions {
   maxPayload: number;
   maxConfigsPerSecond: number;
   maxPushConfigBytes: number;
+  filterLimits: Readonly<FilterLimits>;
   pingInterval: number;
   maxBufferedBytes: number;
   slowConsumerPolicy: SlowConsumerPolicy;
@@ -80,8 +91,7 @@ export interface ResolvedOptions {
 }
 
 /**
- * Every option key: the one list the unknown-key check reads. `maxPushConfigBytes` is listed
- * ahead of its field in PushOptions (added on another branch); the type below fails to compile
+ * Every option key: the one list the unknown-key check reads; the type below fails to compile
  * when PushOptions gains a key this list lacks.
  */
 const OPTION_KEYS = [
@@ -92,6 +102,7 @@ const OPTION_KEYS = [
   'maxPayload',
   'maxConfigsPerSecond',
   'maxPushConfigBytes',
+  'filterLimits',
   'pingInterval',
   'maxBufferedBytes',
   'slowConsumerPolicy',
@@ -149,6 +160,30 @@ function nonNegative(name: string, value: number | undefined, fallback: number):
   return value;
 }
 
+/** The filter limits with the defaults filled in; a TypeError names an unknown or bad one. */
+function resolveFilterLimits(limits: Partial<FilterLimits> | undefined): Readonly<FilterLimits> {
+  if (limits === undefined) return DEFAULT_FILTER_LIMITS;
+  if (limits === null || typeof limits !== 'object') {
+    throw new TypeError('pushMiddleware: option filterLimits must be an object of FilterLimits');
+  }
+  const resolved: FilterLimits = { ...DEFAULT_FILTER_LIMITS };
+  for (const [name, value] of Object.entries(limits)) {
+    if (!(name in DEFAULT_FILTER_LIMITS)) {
+      throw new TypeError(
+        `pushMiddleware: unknown filter limit ${JSON.stringify(name)} (known: ${Object.keys(DEFAULT_FILTER_LIMITS).join(', ')})`,
+      );
+    }
+    if (value === undefined) continue;
+    if (!(value === Infinity || (Number.isInteger(value) && (value as number) >= 1))) {
+      throw new TypeError(
+        `pushMiddleware: filter limit ${name} must be a positive integer or Infinity`,
+      );
+    }
+    resolved[name as keyof FilterLimits] = value as number;
+  }
+  return Object.freeze(resolved);
+}
+
 /** Validates options and applies defaults. Throws TypeError for an invalid or unknown option. */
 export function resolveOptions(handlers: Plugin[] | PushOptions | undefined): ResolvedOptions {
   const options: PushOptions = Array.isArray(handlers) ? { plugins: handlers } : (handlers ?? {});
@@ -182,6 +217,7 @@ export function resolveOptions(handlers: Plugin[] | PushOptions | undefined): Re
     maxPayload: nonNegative('maxPayload', options.maxPayload, 64 * 1024),
     maxConfigsPerSecond: nonNegative('maxConfigsPerSecond', options.maxConfigsPerSecond, 10),
     maxPushConfigBytes: nonNegative('maxPushConfigBytes', options.maxPushConfigBytes, 512 * 1024),
+    filterLimits: resolveFilterLimits(options.filterLimits),
     pingInterval: nonNegative('pingInterval', options.pingInterval, 30_000),
     maxBufferedBytes: nonNegative('maxBufferedBytes', options.maxBufferedBytes, 1024 * 1024),
     slowConsumerPolicy: policy,

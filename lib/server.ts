@@ -339,6 +339,7 @@ export class PushServer {
     this.#configLimits = {
       ...DEFAULT_PUSH_CONFIG_LIMITS,
       maxBytes: options.maxPushConfigBytes > 0 ? options.maxPushConfigBytes : Infinity,
+      filters: options.filterLimits,
     };
     const sessionMws = options.plugins.flatMap((p) => (p.session ? [p.session.bind(p)] : []));
     const dispatchMws = options.plugins.flatMap((p) => (p.dispatch ? [p.dispatch.bind(p)] : []));

@@ -5,7 +5,12 @@
  */
 import { decode } from './msgpack.js';
 import { MSGPACK_MEDIA_TYPE, type Encoding } from './encoding.js';
-import { compileFilter, FilterSyntaxError, type CompiledFilter } from './filter.js';
+import {
+  compileFilter,
+  FilterSyntaxError,
+  type CompiledFilter,
+  type FilterLimits,
+} from './filter.js';
 
 /** A push config as a client writes it. */
 export interface PushConfigInput {
@@ -32,6 +37,8 @@ export interface PushConfigLimits {
    * `maxPushConfigBytes`).
    */
   maxBytes: number;
+  /** Bounds on each filter (docs/filters.md); absent fields take `DEFAULT_FILTER_LIMITS`. */
+  filters?: Partial<FilterLimits>;
 }
 
 /** The defaults of {@link PushConfigLimits}. */
@@ -428,7 +435,13 @@ export function parsePushConfig(
   value: unknown,
   limits: Partial<PushConfigLimits> = DEFAULT_PUSH_CONFIG_LIMITS,
 ): PushConfig {
-  const { maxIdentities, maxTypesPerIdentity, maxParameters, maxBytes } = {
+  const {
+    maxIdentities,
+    maxTypesPerIdentity,
+    maxParameters,
+    maxBytes,
+    filters: filterLimits,
+  } = {
     ...DEFAULT_PUSH_CONFIG_LIMITS,
     ...limits,
   };
@@ -527,7 +540,7 @@ export function parsePushConfig(
   const filters = new Map<string, CompiledFilter>();
   for (const [identity, source] of Object.entries(input.filters ?? {})) {
     try {
-      filters.set(identity, compileFilter(source));
+      filters.set(identity, compileFilter(source, filterLimits));
     } catch (error) {
       if (error instanceof FilterSyntaxError) {
         throw new PushConfigError(`filters.${identity}: ${error.message}`, {

@@ -60,3 +60,32 @@ describe('unknown option keys', () => {
     await push.close();
   });
 });
+
+describe('filterLimits', () => {
+  it('applies to the push configs of the server, the others at their defaults', async () => {
+    const { parsePushConfig } = await import('../../lib/protocol/push-config.js');
+    const { resolveOptions } = await import('../../lib/options.js');
+    const resolved = resolveOptions({ filterLimits: { maxPatternProgram: 5 } });
+    assert.equal(resolved.filterLimits.maxPatternProgram, 5);
+    assert.equal(resolved.filterLimits.maxMatchCost, 128 * 1024);
+    const config = { identities: { task: [] }, filters: { task: 'a matches "x+y+z+"' } };
+    parsePushConfig(config);
+    assert.throws(() => parsePushConfig(config, { filters: resolved.filterLimits }), {
+      message: /filters\.task: the patterns of the filter compile to more than 5 instructions/,
+    });
+  });
+
+  it('refuses an unknown or invalid limit with a TypeError', () => {
+    assert.throws(
+      () =>
+        pushMiddleware(new LocalPubSub(), 'events', {
+          filterLimits: loose({ maxPatterns: 3 }) as never,
+        }),
+      { name: 'TypeError', message: /unknown filter limit "maxPatterns"/ },
+    );
+    assert.throws(
+      () => pushMiddleware(new LocalPubSub(), 'events', { filterLimits: { maxDepth: 0 } }),
+      { name: 'TypeError', message: /filter limit maxDepth must be a positive integer/ },
+    );
+  });
+});
