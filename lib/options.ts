@@ -37,7 +37,7 @@ export interface PushOptions {
    * with `enableErrors`, else a close with 1003. Compiled selectors are
    * shared between sessions with equal configs and freed with the last of
    * them, so what push configs hold in all is at most the open sessions
-   * times this bound. 0 disables. Default 512 KiB.
+   * times this bound. 0 disables. Default 2 MiB.
    */
   maxPushConfigBytes?: number;
   /**
@@ -216,7 +216,11 @@ export function resolveOptions(handlers: Plugin[] | PushOptions | undefined): Re
     allowedOrigins,
     maxPayload: nonNegative('maxPayload', options.maxPayload, 64 * 1024),
     maxConfigsPerSecond: nonNegative('maxConfigsPerSecond', options.maxConfigsPerSecond, 10),
-    maxPushConfigBytes: nonNegative('maxPushConfigBytes', options.maxPushConfigBytes, 512 * 1024),
+    maxPushConfigBytes: nonNegative(
+      'maxPushConfigBytes',
+      options.maxPushConfigBytes,
+      2 * 1024 * 1024,
+    ),
     filterLimits: resolveFilterLimits(options.filterLimits),
     pingInterval: nonNegative('pingInterval', options.pingInterval, 30_000),
     maxBufferedBytes: nonNegative('maxBufferedBytes', options.maxBufferedBytes, 1024 * 1024),

@@ -83,6 +83,38 @@ function literalTest(source: string): ((text: string) => boolean) | undefined {
  * compilation grows with the program (at most 1000 instructions per
  * counted repeat, RE2's own limit), so callers bound the pattern's length.
  */
+/**
+ * True when {@link compilePattern} runs `source` as plain string search (no
+ * RE2 program, a few bytes of memory): what a memory estimate may ask before
+ * compiling anything.
+ */
+export function isPlainTextPattern(source: string): boolean {
+  return literalTest(source) !== undefined;
+}
+
+/**
+ * The memory RE2's lazy DFA of one pattern may grow to, by re2js's own
+ * accounting (states and transition tables). re2js's default is 8 MiB per
+ * pattern, which events could grow patterns of untrusted clients to; past
+ * this budget the DFA starts over or the NFA runs (slower, still linear,
+ * and bounded by the filter's maxMatchCost).
+ */
+export const DFA_BUDGET_BYTES = 64 * 1024;
+
+/** Sets the DFA budget through re2js's internals, where they have the shape of 2.10. */
+function boundDfa(re2: RE2JS): void {
+  const internal = (re2 as unknown as { re2Input?: { dfa?: unknown } }).re2Input;
+  const dfa = internal?.dfa as { stateBudget?: unknown; memBudget?: unknown } | undefined;
+  if (
+    dfa !== undefined &&
+    typeof dfa.stateBudget === 'number' &&
+    typeof dfa.memBudget === 'number'
+  ) {
+    dfa.stateBudget = DFA_BUDGET_BYTES;
+    dfa.memBudget = DFA_BUDGET_BYTES;
+  }
+}
+
 export function compilePattern(source: string): CompiledPattern {
   const literal = literalTest(source);
   if (literal !== undefined) return Object.freeze({ source, size: 0, test: literal });
@@ -93,6 +125,7 @@ export function compilePattern(source: string): CompiledPattern {
     const message = error instanceof Error ? error.message : String(error);
     throw new PatternError(message.replace(/^error parsing regexp: /, ''));
   }
+  boundDfa(re2);
   const size = re2.programSize();
   return Object.freeze({
     source,

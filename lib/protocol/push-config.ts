@@ -11,6 +11,7 @@ import {
   type CompiledFilter,
   type FilterLimits,
 } from './filter.js';
+import { DFA_BUDGET_BYTES, isPlainTextPattern } from './pattern.js';
 
 /** A push config as a client writes it. */
 export interface PushConfigInput {
@@ -33,7 +34,7 @@ export interface PushConfigLimits {
   /**
    * Most heap bytes the config may hold once compiled, by
    * {@link estimatePushConfigBytes} (never below the real figure);
-   * `Infinity` lifts the bound. Default 512 KiB (the server's
+   * `Infinity` lifts the bound. Default 2 MiB (the server's
    * `maxPushConfigBytes`).
    */
   maxBytes: number;
@@ -46,7 +47,7 @@ export const DEFAULT_PUSH_CONFIG_LIMITS: Readonly<PushConfigLimits> = Object.fre
   maxIdentities: 1000,
   maxTypesPerIdentity: 100,
   maxParameters: 100,
-  maxBytes: 512 * 1024,
+  maxBytes: 2 * 1024 * 1024,
 });
 
 /**
@@ -337,8 +338,18 @@ const FILTER_BYTES = 1024;
 const TOKEN_BYTES = 192;
 /** A value inside a list: an entry in a set, a string (measured up to 62 B). */
 const LIST_VALUE_BYTES = 64;
-/** A `matches` pattern compiled and run (measured up to 1 KB for `\p{L}`, 0.3 KB for `a`). */
-const PATTERN_BYTES = 1024;
+/**
+ * A `matches` pattern run by RE2: its program and Unicode tables (measured up to ~80 KB for
+ * `[\p{L}\p{N}]{3}\pM`) and its lazy DFA, bounded by DFA_BUDGET_BYTES of re2js's accounting
+ * (counted twice for what V8 adds). A plain-text pattern is a string search: PLAIN_PATTERN_BYTES.
+ */
+const PATTERN_BYTES = 96 * 1024 + 2 * DFA_BUDGET_BYTES;
+const PLAIN_PATTERN_BYTES = 1024;
+
+/** What one pattern occurrence may hold, from its text as written in the filter. */
+function patternBytes(raw: string): number {
+  return isPlainTextPattern(raw) ? PLAIN_PATTERN_BYTES : PATTERN_BYTES;
+}
 
 /** An upper bound on the heap a string holds: a header, and two bytes per code unit. */
 function stringBytes(text: string): number {
@@ -392,11 +403,11 @@ function estimateFilterBytes(source: string): number {
     }
     if (inList) {
       bytes += LIST_VALUE_BYTES + stringBytes(token);
-      if (listOfPatterns) bytes += PATTERN_BYTES + 2 * stringBytes(token);
+      if (listOfPatterns) bytes += patternBytes(token) + 2 * stringBytes(token);
       continue;
     }
     bytes += TOKEN_BYTES + stringBytes(token);
-    if (previousWord === 'matches') bytes += PATTERN_BYTES + 2 * stringBytes(token);
+    if (previousWord === 'matches') bytes += patternBytes(token) + 2 * stringBytes(token);
     previousWord = token.toLowerCase();
   }
   return bytes;

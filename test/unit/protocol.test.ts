@@ -1049,7 +1049,7 @@ describe('section 4: limits bound the work a config asks for', () => {
       maxIdentities: 1000,
       maxTypesPerIdentity: 100,
       maxParameters: 100,
-      maxBytes: 512 * 1024,
+      maxBytes: 2 * 1024 * 1024,
     });
   });
 

@@ -27,7 +27,7 @@ describe('section 4: the bytes a push config may hold are bounded', () => {
       (error: unknown) =>
         error instanceof PushConfigError &&
         /maxPushConfigBytes/.test(error.message) &&
-        /at most 524288 bytes/.test(error.message),
+        /at most 2097152 bytes/.test(error.message),
     );
   });
 
@@ -190,9 +190,11 @@ describe('issue 19: the estimate is never below the heap a config holds', () => 
         estimated >= retained,
         `${name}: estimated ${estimated} B, holds ${Math.round(retained)} B`,
       );
-      // Not absurdly above either: the bound must not refuse ordinary configs.
+      // Not absurdly above either: the bound must not refuse ordinary configs. A RE2 pattern is
+      // counted at what its lazy DFA may grow to (DFA_BUDGET_BYTES), which these few entities
+      // do not reach, so patterns are only held to the lower bound.
       assert.ok(
-        estimated <= Math.max(8 * retained, 16 * 1024),
+        name.includes('matches') || estimated <= Math.max(8 * retained, 16 * 1024),
         `${name}: ${estimated} B for ${Math.round(retained)} B`,
       );
       console.log(
@@ -203,5 +205,5 @@ describe('issue 19: the estimate is never below the heap a config holds', () => 
 });
 
 it('the documented default of maxBytes', () => {
-  assert.equal(DEFAULT_PUSH_CONFIG_LIMITS.maxBytes, 512 * 1024);
+  assert.equal(DEFAULT_PUSH_CONFIG_LIMITS.maxBytes, 2 * 1024 * 1024);
 });
