@@ -363,6 +363,8 @@ describe('adversarial: authenticated attackers and a careless publisher', () => 
   let server: ServerHandle;
   const controls: ControlSession[] = [];
   const attackerViolations: string[] = [];
+  /** Attackers' sockets still open: the run in flight when the time limit interrupted it. */
+  const attackerSockets = new Set<WebSocket>();
   const publishStatuses = new Map<number, number>();
   let markers = 0;
   let ticker: NodeJS.Timeout | undefined;
@@ -434,7 +436,13 @@ describe('adversarial: authenticated attackers and a careless publisher', () => 
       return;
     }
     assert.equal(status, 101, 'a valid token must open a session');
-    const closed = new Promise<void>((resolve) => ws.once('close', () => resolve()));
+    attackerSockets.add(ws);
+    const closed = new Promise<void>((resolve) =>
+      ws.once('close', () => {
+        attackerSockets.delete(ws);
+        resolve();
+      }),
+    );
     ws.on('message', (data, isBinary) => {
       let event: ReceivedEvent;
       try {
@@ -548,11 +556,16 @@ describe('adversarial: authenticated attackers and a careless publisher', () => 
   });
 
   it('returns the heap to where it started once the attackers have left', async (t) => {
+    // fast-check abandons the run in flight at its time limit: its attackers leave now.
+    for (const ws of attackerSockets) ws.terminate();
     await waitFor(
       async () =>
         (await getJson<{ sessions: number }>(server.port, '/status')).sessions === controls.length,
       { timeout: 10_000, message: 'attacker sessions were not all unregistered' },
-    );
+    ).catch(async (error: unknown) => {
+      const status = await getJson<unknown>(server.port, '/status');
+      throw new Error(`${(error as Error).message}: ${JSON.stringify(status)}`);
+    });
     const heapAfter = (await getJson<{ heapUsed: number }>(server.port, '/heap')).heapUsed;
     const mb = (n: number): string => (n / 1024 / 1024).toFixed(1);
     t.diagnostic(`heap after GC: ${mb(heapBefore)} MB before, ${mb(heapAfter)} MB after`);
