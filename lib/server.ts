@@ -549,8 +549,8 @@ export class PushServer {
   #onClose(session: ServerSession, socketCode: number, socketReason: string): void {
     if (!this.#sessions.delete(session)) return;
     // Stats, metrics, logs and onSessionStop say why the server ended it, not how the socket went.
-    const code = session.policyCloseCode ?? socketCode;
-    const reason = session.policyCloseCode === undefined ? socketReason : 'slow consumer';
+    const code = session.policyClose?.code ?? socketCode;
+    const reason = session.policyClose?.reason ?? socketReason;
     session.abort();
     // The session's reference on its selector; session.config stays readable for onSessionStop.
     if (session.config !== undefined) this.#selectors.release(session.config);
@@ -1195,8 +1195,8 @@ export class PushServer {
     const ws = session.ws;
     if (ws === undefined || ws.readyState !== WS_OPEN) return;
     this.options.logger.debug({ sessionId: session.id }, 'pushwire: closing a slow consumer');
-    session.policyCloseCode = 1008;
-    ws.close(1008, 'slow consumer');
+    session.policyClose = { code: 1008, reason: 'slow consumer' };
+    ws.close(session.policyClose.code, session.policyClose.reason);
     // The close frame waits behind the unread data; a reader that stopped will not answer it.
     setTimeout(() => ws.terminate(), 1000).unref();
   }

@@ -185,11 +185,11 @@ export class ServerSession implements PushSession {
   /** True from the handshake until the close. */
   open = false;
   /**
-   * The code the server closed this session with by policy (1008 for a slow consumer), recorded
+   * The close the server sent this session by policy (1008 for a slow consumer), recorded
    * instead of the one the socket reports: the close frame waits behind the unread data, and
    * the terminate() that follows makes the socket say 1006.
    */
-  policyCloseCode: number | undefined;
+  policyClose: { readonly code: number; readonly reason: string } | undefined;
 
   constructor(init: SessionInit) {
     this.id = flatCopy(init.id);
