@@ -269,3 +269,18 @@ export async function expectRefusal(
     'no response to the handshake',
   );
 }
+
+/** Sends `text` to an express-ws echo route and resolves with the answer (5 s per step). */
+export async function echo(url: string, text: string, timeout = 5_000): Promise<string> {
+  const ws = new WebSocket(url);
+  ws.on('error', () => undefined);
+  try {
+    await withTimeout(once(ws, 'open'), timeout, `no open on ${url}`);
+    const answer = once(ws, 'message');
+    ws.send(text);
+    const [data] = (await withTimeout(answer, timeout, 'no echo')) as [Buffer];
+    return data.toString();
+  } finally {
+    ws.terminate();
+  }
+}

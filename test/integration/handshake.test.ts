@@ -45,6 +45,7 @@ import {
   type Refusal,
   type TestClient,
   withPushApp,
+  echo,
 } from '../helpers/push-app.js';
 import { deferred, withTimeout } from '../helpers/wait.js';
 
@@ -94,21 +95,6 @@ const connect = (url: string, opts?: ConnectOptions): Promise<TestClient> =>
 
 /** An HTTP URL of the same path as a ws URL. */
 const httpUrl = (wsUrl: string): string => wsUrl.replace(/^ws:/, 'http:');
-
-/** Sends `text` to an express-ws echo route and resolves with the answer. */
-async function echo(url: string, text: string): Promise<string> {
-  const ws = new WebSocket(url);
-  ws.on('error', () => undefined);
-  try {
-    await withTimeout(once(ws, 'open'), WAIT_MS, `no open on ${url}`);
-    const answer = once(ws, 'message');
-    ws.send(text);
-    const [data] = (await withTimeout(answer, WAIT_MS, 'no echo')) as [Buffer];
-    return data.toString();
-  } finally {
-    ws.terminate();
-  }
-}
 
 for (const major of MAJORS) {
   describe(`Express ${major}`, () => {

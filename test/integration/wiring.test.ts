@@ -26,6 +26,7 @@ import {
   type ExpressMajor,
   type TestClient,
   withPushApp,
+  echo,
 } from '../helpers/push-app.js';
 import { withTimeout } from '../helpers/wait.js';
 
@@ -75,21 +76,6 @@ function countingAuth(): { plugin: ReturnType<typeof authPlugin>; calls: () => n
     return session.token === 'good' ? 'ok' : 'ko';
   });
   return { plugin, calls: () => calls };
-}
-
-/** Sends `text` to an express-ws echo route and resolves with the answer. */
-async function echo(url: string, text: string): Promise<string> {
-  const ws = new WebSocket(url);
-  ws.on('error', () => undefined);
-  try {
-    await withTimeout(once(ws, 'open'), WAIT_MS, `no open on ${url}`);
-    const answer = once(ws, 'message');
-    ws.send(text);
-    const [data] = (await withTimeout(answer, WAIT_MS, 'no echo')) as [Buffer];
-    return data.toString();
-  } finally {
-    ws.terminate();
-  }
 }
 
 const connect = (url: string, token: string): Promise<TestClient> =>
