@@ -1,7 +1,7 @@
 /** The options of pushMiddleware and their defaults. */
 import type { Plugin } from './chain.js';
 import { silentLogger, type Logger } from './logger.js';
-import { DEFAULT_FILTER_LIMITS, type FilterLimits } from './protocol/filter.js';
+import { DEFAULT_FILTER_LIMITS, resolveLimits, type FilterLimits } from './protocol/filter.js';
 
 /** What to do with a session whose client reads slower than events arrive. */
 export type SlowConsumerPolicy = 'drop' | 'close';
@@ -166,22 +166,19 @@ function resolveFilterLimits(limits: Partial<FilterLimits> | undefined): Readonl
   if (limits === null || typeof limits !== 'object') {
     throw new TypeError('pushMiddleware: option filterLimits must be an object of FilterLimits');
   }
-  const resolved: FilterLimits = { ...DEFAULT_FILTER_LIMITS };
-  for (const [name, value] of Object.entries(limits)) {
+  for (const name of Object.keys(limits)) {
     if (!(name in DEFAULT_FILTER_LIMITS)) {
       throw new TypeError(
         `pushMiddleware: unknown filter limit ${JSON.stringify(name)} (known: ${Object.keys(DEFAULT_FILTER_LIMITS).join(', ')})`,
       );
     }
-    if (value === undefined) continue;
-    if (!(value === Infinity || (Number.isInteger(value) && (value as number) >= 1))) {
-      throw new TypeError(
-        `pushMiddleware: filter limit ${name} must be a positive integer or Infinity`,
-      );
-    }
-    resolved[name as keyof FilterLimits] = value as number;
   }
-  return Object.freeze(resolved);
+  try {
+    return Object.freeze(resolveLimits(limits));
+  } catch (error) {
+    if (error instanceof RangeError) throw new TypeError(`pushMiddleware: ${error.message}`);
+    throw error;
+  }
 }
 
 /** Validates options and applies defaults. Throws TypeError for an invalid or unknown option. */

@@ -99,7 +99,11 @@ export const DEFAULT_FILTER_LIMITS: Readonly<FilterLimits> = Object.freeze({
   maxMatchCost: 128 * 1024,
 });
 
-function resolveLimits(limits: Partial<FilterLimits> | undefined): FilterLimits {
+/**
+ * The limits with a default for every field left out. Throws a RangeError
+ * for a limit that is not a positive integer or Infinity.
+ */
+export function resolveLimits(limits: Partial<FilterLimits> | undefined): FilterLimits {
   const resolved: FilterLimits = { ...DEFAULT_FILTER_LIMITS };
   if (limits === undefined) return resolved;
   for (const name of Object.keys(DEFAULT_FILTER_LIMITS) as (keyof FilterLimits)[]) {
