@@ -176,7 +176,8 @@ function resolveFilterLimits(limits: Partial<FilterLimits> | undefined): Readonl
   try {
     return Object.freeze(resolveLimits(limits));
   } catch (error) {
-    if (error instanceof RangeError) throw new TypeError(`pushMiddleware: ${error.message}`);
+    if (error instanceof RangeError)
+      throw new TypeError(`pushMiddleware: ${error.message}`, { cause: error });
     throw error;
   }
 }
