@@ -52,6 +52,8 @@ export interface PubSubClient {
   onStatus?(listener: (status: PubSubStatus) => void): () => void;
   /** The current connection state. */
   readonly status: PubSubStatus;
+  /** The topic history, when the backend's `history` option is set (see {@link TopicHistory}). */
+  readonly history?: TopicHistory;
 }
 
 /** A handler of payloads received on a subscription; synchronous, must not throw. */
@@ -78,4 +80,114 @@ export function subjectMatches(pattern: string, subject: string): boolean {
     if (token !== '*' && token !== s[i]) return false;
   }
   return p.length === s.length;
+}
+
+/**
+ * How much history a backend keeps per topic, when it keeps any (the
+ * `history` option of every backend; off when absent). Whichever bound is
+ * reached first trims the oldest events.
+ */
+export interface HistoryOptions {
+  /** The most events kept per topic; default 10000. */
+  maxEvents?: number;
+  /** How long an event is kept, in ms; default 3600000 (one hour). */
+  maxAge?: number;
+}
+
+/** {@link HistoryOptions} with every default applied. */
+export interface ResolvedHistoryOptions {
+  maxEvents: number;
+  maxAge: number;
+}
+
+/** Applies the defaults of {@link HistoryOptions}; throws a RangeError for a bound that is not a positive integer. */
+export function resolveHistoryOptions(options: HistoryOptions): ResolvedHistoryOptions {
+  const maxEvents = options.maxEvents ?? 10_000;
+  const maxAge = options.maxAge ?? 3_600_000;
+  if (!Number.isSafeInteger(maxEvents) || maxEvents < 1) {
+    throw new RangeError(`history.maxEvents must be a positive integer, got ${String(maxEvents)}`);
+  }
+  if (!Number.isSafeInteger(maxAge) || maxAge < 1) {
+    throw new RangeError(`history.maxAge must be a positive integer (ms), got ${String(maxAge)}`);
+  }
+  return { maxEvents, maxAge };
+}
+
+/**
+ * A payload stored in a topic's history, with its position: an opaque
+ * string `<epoch>:<offset>` that orders the events of one topic across
+ * every server sharing the broker. The epoch changes whenever the history
+ * behind the positions is lost (a LocalPubSub process restarts, a stream is
+ * deleted and made again, a Redis without persistence restarts), so that an
+ * old position is never mistaken for a new one.
+ */
+export interface HistoryEntry {
+  payload: Uint8Array;
+  subject: string;
+  position: string;
+}
+
+/** A handler of payloads delivered live out of a topic's history; synchronous, must not throw. */
+export type HistoryHandler = (payload: Uint8Array, subject: string, position: string) => void;
+
+/** What {@link TopicHistory.read} found. */
+export interface HistoryRead {
+  /**
+   * True when `since` is a position of the current epoch, not past the
+   * newest stored event, and every event after it is still stored (not
+   * trimmed). False otherwise; `entries` is then empty.
+   */
+  recovered: boolean;
+  /** The stored events after `since`, oldest first, at most `max` of them. */
+  entries: HistoryEntry[];
+  /** True when the read stopped at `max` and more events follow the last entry: read again from it. */
+  more: boolean;
+  /**
+   * The position of the newest stored event of the topic when the read ran
+   * (`<epoch>:0` or the like when nothing is stored): where a client that
+   * could not recover starts from.
+   */
+  head: string;
+}
+
+/**
+ * The history of a topic, kept by a backend whose `history` option is set
+ * (`pubsub.history` is then defined; the server turns history on when it
+ * is). The topic is a subject root: its history holds what is published on
+ * `topic` and on every subject below it (`topic.task.create`), with
+ * `publish()` of the same backend or, for NATS, by any publisher on core
+ * NATS (bahamut's servers).
+ *
+ * - `follow(topic, handler)` delivers every payload stored under `topic`
+ *   from now on, with its position, in position order, with no gap and no
+ *   duplicate — across broker reconnections where the backend's store
+ *   survives them. The server uses it instead of `subscribe()` when
+ *   history is on. It resolves once delivery is active (every event stored
+ *   after that reaches the handler) to an idempotent unsubscribe function.
+ * - `read(topic, since, max)` returns the stored events after `since`. It
+ *   never rejects for a bad `since` (malformed, another epoch, trimmed,
+ *   in the future): that is `recovered: false`. It rejects with a
+ *   PubSubError when the broker cannot be reached.
+ * - `compare(a, b)` orders two positions of the current epoch (negative,
+ *   zero, positive), so the server can drop, at the seam between a replay
+ *   and live delivery, what it already sent. Positions that do not parse
+ *   compare as NaN.
+ * - With history on, `publish()` resolves once the broker stored the
+ *   event (JetStream's acknowledgement, XADD's reply): an acknowledged
+ *   event is in the history.
+ */
+export interface TopicHistory {
+  /** The bounds this history keeps. */
+  readonly options: ResolvedHistoryOptions;
+  /** Live delivery from the history, with positions; resolves to an idempotent unsubscribe function. */
+  follow(topic: string, handler: HistoryHandler): Promise<Unsubscribe>;
+  /** The stored events of `topic` after `since`, at most `max`. */
+  read(topic: string, since: string, max: number): Promise<HistoryRead>;
+  /** Orders two positions of the current epoch; NaN when either does not parse. */
+  compare(a: string, b: string): number;
+}
+
+/** A backend with history on: {@link PubSubClient} whose `history` is set. */
+export interface HistoryPubSubClient extends PubSubClient {
+  readonly history: TopicHistory;
 }
