@@ -3,12 +3,11 @@
  * push config, its outbound buffer and its keepalive state.
  */
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
-import type { Socket } from 'node:net';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
-import type { WebSocket } from 'ws';
 import { MSGPACK_MEDIA_TYPE, type SessionEncodings } from './protocol/encoding.js';
 import type { PushEvent } from './protocol/event.js';
 import type { PushConfig } from './protocol/push-config.js';
+import { FrameFormat, type SessionTransport } from './transport/contract.js';
 
 /** A session as plugins and the application see it. */
 export interface PushSession {
@@ -171,17 +170,19 @@ export class ServerSession implements PushSession {
   /** maxConfigsPerSecond: when the current one-second window started (ms), and configs counted in it. */
   configWindowStart = 0;
   configCount = 0;
-  /** Keepalive: false after a ping until the pong arrives. */
-  alive = true;
   /** Events dropped for this session because its client read too slowly. */
   dropped = 0;
   /** True while this session's socket is corked until the end of the turn. */
   corked = false;
   /** Pending async predicate checks, chained so one session's events stay in order. */
   asyncTail: Promise<void> | undefined;
-  /** Set once the handshake completed. */
-  ws: WebSocket | undefined;
-  socket: Socket | undefined;
+  /** The connection events are written to; set once the handshake completed. */
+  transport: SessionTransport | undefined;
+  /**
+   * The frame format of the transport, copied here at registration so that the fan-out's loop
+   * reads a field of the session rather than calling through the transport per event.
+   */
+  format: FrameFormat = FrameFormat.WebSocketJson;
   /** True from the handshake until the close. */
   open = false;
   /**
@@ -284,15 +285,7 @@ export class ServerSession implements PushSession {
   }
 
   close(code = 1000, reason = ''): void {
-    if (this.ws === undefined) return;
-    // Close reasons must fit a control frame: 123 bytes.
-    const safeReason = Buffer.byteLength(reason) > 123 ? reason.slice(0, 60) : reason;
-    try {
-      this.ws.close(code, safeReason);
-    } catch {
-      // An invalid close code from a plugin: end the session anyway, with 1008.
-      this.ws.close(1008, safeReason);
-    }
+    this.transport?.close(code, reason);
   }
 
   /** Ends the session's signal; called once when the socket closes. */

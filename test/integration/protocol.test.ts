@@ -157,7 +157,7 @@ function recordFrames(ws: WebSocket): Array<{ data: Buffer; isBinary: boolean }>
 
 /** The server's socket of a session (the outbound buffer the slow-consumer rules bound). */
 function serverSocket(session: PushSession): Socket {
-  const socket = (session as unknown as { socket?: Socket }).socket;
+  const socket = (session as unknown as { transport?: { socket?: Socket } }).transport?.socket;
   assert.ok(socket, 'the session has a socket');
   return socket;
 }

@@ -1,0 +1,359 @@
+/**
+ * The session registry: opening a session through the `session` plugin
+ * chain, registering it once its transport is up, the push configs it
+ * sends, error events, direct pushes, keepalive, and unregistering it when
+ * it closes. The fan-out reads the set of sessions this module keeps.
+ */
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import type { WebSocket } from 'ws';
+import type { SessionContext } from './chain.js';
+import {
+  BadRequestError,
+  ForbiddenError,
+  InvalidEventError,
+  InvalidPushConfigError,
+  PushError,
+  ServiceUnavailableError,
+  TooManyRequestsError,
+} from './errors.js';
+import { EventFrames } from './event-frames.js';
+import type { FanOut } from './fan-out.js';
+import { describeError } from './logger.js';
+import type { ResolvedOptions } from './options.js';
+import { negotiateEncodings, UnsupportedEncodingError } from './protocol/encoding.js';
+import { normalizeTimestamp, WireEvent, wireEventFrom, type PushEvent } from './protocol/event.js';
+import {
+  decodePushConfigMessage,
+  parsePushConfig,
+  PushConfigError,
+  SelectorPool,
+  type PushConfigLimits,
+} from './protocol/push-config.js';
+import { ServerSession, type SessionHost } from './session.js';
+import { increment, type PushStats } from './stats.js';
+import type { SessionTransport } from './transport/contract.js';
+import { webSocketBinder } from './transport/websocket.js';
+
+const NO_IDENTITIES: readonly string[] = [];
+
+/** What the registry is built from. */
+export interface SessionRegistryInit {
+  options: ResolvedOptions;
+  stats: PushStats;
+  configLimits: PushConfigLimits;
+  sessionChain: ((ctx: SessionContext, last: () => void) => Promise<void>) | undefined;
+}
+
+/** The sessions of one push server. */
+export class SessionRegistry implements SessionHost {
+  /** The open sessions (read by the fan-out; changed only here). */
+  readonly sessions = new Set<ServerSession>();
+  /** True once the server is closing: no session is opened or registered. */
+  closing = false;
+  readonly #sessions = this.sessions;
+  readonly #options: ResolvedOptions;
+  readonly #stats: PushStats;
+  readonly #configLimits: PushConfigLimits;
+  readonly #sessionChain: SessionRegistryInit['sessionChain'];
+  /**
+   * The compiled selectors of the sessions' configs, shared between equal ones (the fan-out
+   * works out verdicts once per selector) and freed with the last session that holds each: a
+   * reference is taken when a config is applied and given back when it is replaced or its
+   * session closes. So selector memory is at most open sessions × maxPushConfigBytes.
+   */
+  readonly #selectors = new SelectorPool();
+  /** Set by the server once the fan-out exists (the two refer to each other). */
+  #fanOut!: FanOut;
+  /** When the last keepalive round ran (performance.now()), to notice a stalled event loop. */
+  #lastPingAt = performance.now();
+  readonly #bindWebSocket = webSocketBinder<ServerSession>({
+    message: (session, data, isBinary) =>
+      this.#onMessage(session, data, isBinary, session.enableErrors),
+    close: (session, code, reason) => this.#onClose(session, code, reason),
+    error: (session, error) =>
+      this.#options.logger.debug(
+        { sessionId: session.id, err: describeError(error) },
+        'pushwire: session socket error',
+      ),
+  });
+
+  constructor(init: SessionRegistryInit) {
+    this.#options = init.options;
+    this.#stats = init.stats;
+    this.#configLimits = init.configLimits;
+    this.#sessionChain = init.sessionChain;
+  }
+
+  /** Gives the registry the fan-out it flushes before error events and direct pushes. */
+  attach(fanOut: FanOut): void {
+    this.#fanOut = fanOut;
+  }
+
+  /** Counts a refusal (for stats and logs). */
+  recordRefusal(status: number, request: IncomingMessage, error: unknown): void {
+    increment(this.#stats.sessionsRefused, status);
+    this.#options.logger.debug(
+      { status, clientIP: request.socket.remoteAddress, err: describeError(error) },
+      'pushwire: session refused',
+    );
+  }
+
+  /** Counts an attempt whose client left mid-handshake (so that every attempt is accounted for). */
+  recordAbandoned(request: IncomingMessage): void {
+    this.#stats.sessionsAbandoned++;
+    this.#options.logger.debug(
+      { clientIP: request.socket.remoteAddress },
+      'pushwire: client left before the handshake completed',
+    );
+  }
+
+  /**
+   * Builds a session from an upgrade request and runs the session phase.
+   * Resolves to the accepted session; rejects with the PushError whose
+   * status the refusal must carry.
+   */
+  async openSession(request: IncomingMessage): Promise<ServerSession> {
+    if (this.closing) throw new ServiceUnavailableError('The push server is shutting down');
+    const origin = request.headers.origin;
+    if (
+      origin !== undefined &&
+      this.#options.allowedOrigins &&
+      !this.#options.allowedOrigins(origin)
+    ) {
+      throw new ForbiddenError(`Origin ${origin.slice(0, 200)} is not allowed`);
+    }
+    const query = new URL(request.url ?? '/', 'http://localhost').searchParams;
+    let encodings;
+    try {
+      encodings = negotiateEncodings(
+        request.headers['content-type'],
+        request.headers.accept,
+        query.get('encoding') ?? undefined,
+      );
+    } catch (error) {
+      if (error instanceof UnsupportedEncodingError) throw new BadRequestError(error.message);
+      throw error;
+    }
+    const ip = (request as { ip?: unknown }).ip;
+    const session = new ServerSession({
+      id: randomUUID(),
+      request,
+      query,
+      clientIP: typeof ip === 'string' ? ip : (request.socket.remoteAddress ?? ''),
+      encodings,
+      host: this,
+    });
+    if (this.#sessionChain === undefined) return session;
+    const ctx: SessionContext = {
+      session,
+      request,
+      authenticated: false,
+      accepted: false,
+      state: {},
+    };
+    try {
+      await this.#sessionChain(ctx, () => {
+        ctx.accepted = true;
+      });
+    } catch (error) {
+      if (error instanceof PushError) throw error;
+      // The session phase's default: a plain throw from a custom plugin refuses with 403.
+      throw new ForbiddenError(error instanceof Error ? error.message : String(error), {
+        cause: error,
+      });
+    }
+    if (!ctx.accepted) throw new ForbiddenError();
+    if (this.closing) throw new ServiceUnavailableError('The push server is shutting down');
+    return session;
+  }
+
+  /** Registers a WebSocket session whose handshake completed. */
+  startSession(session: ServerSession, ws: WebSocket, socket: Socket): void {
+    const transport = this.#bindWebSocket(session, ws, socket, session.binary);
+    if (this.closing) {
+      transport.close(1001, 'server shutting down');
+      return;
+    }
+    this.#register(session, transport);
+  }
+
+  /** Counts and announces a session whose transport is up. */
+  #register(session: ServerSession, transport: SessionTransport): void {
+    session.transport = transport;
+    session.format = transport.format;
+    session.open = true;
+    this.#sessions.add(session);
+    this.#stats.sessionsAccepted++;
+    // Kept per encoding here (and in #onClose) so that metrics never walk the sessions.
+    const byEncoding = this.#stats.sessionsByEncoding;
+    byEncoding[session.encodings.write] = (byEncoding[session.encodings.write] ?? 0) + 1;
+    this.#options.logger.debug(
+      { sessionId: session.id, clientIP: session.clientIP, encoding: session.encodings.write },
+      'pushwire: session started',
+    );
+    for (const plugin of this.#options.plugins) {
+      if (plugin.onSessionStart) {
+        this.#runHook(plugin.name, 'onSessionStart', () => plugin.onSessionStart?.(session));
+      }
+    }
+  }
+
+  #runHook(name: string | undefined, hook: string, fn: () => void | Promise<void>): void {
+    const report = (error: unknown): void =>
+      this.#options.logger.warn(
+        { plugin: name, hook, err: describeError(error) },
+        'pushwire: hook failed',
+      );
+    try {
+      const result = fn();
+      if (result && typeof result.then === 'function') result.then(undefined, report);
+    } catch (error) {
+      report(error);
+    }
+  }
+
+  /** Unregisters a session whose transport closed. */
+  #onClose(session: ServerSession, socketCode: number, socketReason: string): void {
+    if (!this.#sessions.delete(session)) return;
+    // Stats, metrics, logs and onSessionStop say why the server ended it, not how the socket went.
+    const code = session.policyClose?.code ?? socketCode;
+    const reason = session.policyClose?.reason ?? socketReason;
+    session.abort();
+    // The session's reference on its selector; session.config stays readable for onSessionStop.
+    if (session.config !== undefined) this.#selectors.release(session.config);
+    increment(this.#stats.sessionsClosed, code);
+    this.#stats.sessionsByEncoding[session.encodings.write] =
+      (this.#stats.sessionsByEncoding[session.encodings.write] ?? 1) - 1;
+    this.#options.logger.debug(
+      { sessionId: session.id, code, reason, dropped: session.dropped },
+      'pushwire: session closed',
+    );
+    for (const plugin of this.#options.plugins) {
+      if (plugin.onSessionStop) {
+        this.#runHook(plugin.name, 'onSessionStop', () =>
+          plugin.onSessionStop?.(session, { code, reason }),
+        );
+      }
+    }
+  }
+
+  /** A message from the client: a push config (PROTOCOL.md section 4). */
+  #onMessage(
+    session: ServerSession,
+    data: Buffer | ArrayBuffer | Buffer[],
+    _isBinary: boolean,
+    enableErrors: boolean,
+  ): void {
+    // Decoding a config and compiling its filters costs CPU: bound how often a client can ask.
+    const limit = this.#options.maxConfigsPerSecond;
+    if (limit > 0) {
+      const now = Date.now();
+      if (now - session.configWindowStart >= 1000) {
+        session.configWindowStart = now;
+        session.configCount = 0;
+      }
+      if (++session.configCount > limit) {
+        this.#options.logger.debug(
+          { sessionId: session.id },
+          'pushwire: push config rate exceeded',
+        );
+        if (!enableErrors) session.close(1008, 'too many push configs');
+        else if (session.configCount === limit + 1) {
+          // One error event per window: answering every excess message would amplify the flood.
+          const message = `More than ${limit} push configs per second; this one was ignored`;
+          this.sendError(session, new TooManyRequestsError(message, { data: { limit } }));
+        }
+        return;
+      }
+    }
+    const bytes = Array.isArray(data)
+      ? Buffer.concat(data)
+      : data instanceof ArrayBuffer
+        ? new Uint8Array(data)
+        : data;
+    let config;
+    try {
+      config = parsePushConfig(
+        decodePushConfigMessage(bytes, session.encodings.read),
+        this.#configLimits,
+      );
+    } catch (error) {
+      if (!(error instanceof PushConfigError)) throw error;
+      this.#stats.invalidConfigs++;
+      this.#options.logger.debug(
+        { sessionId: session.id, err: describeError(error) },
+        'pushwire: invalid push config',
+      );
+      if (enableErrors) {
+        session.errorState = true;
+        const err = new InvalidPushConfigError(error.message, { data: error.data });
+        this.sendError(session, err);
+      } else {
+        session.close(1003, 'invalid push config');
+      }
+      return;
+    }
+    // A message delivered after the close was handled must not take a reference nobody gives back.
+    if (!this.#sessions.has(session)) return;
+    const previous = session.config;
+    session.config = this.#selectors.acquire(config);
+    if (previous !== undefined) this.#selectors.release(previous);
+    session.errorState = false;
+  }
+
+  /** Sends an error event (PROTOCOL.md section 6) to one session. */
+  sendError(session: ServerSession, error: PushError): void {
+    // Events received before this error go first.
+    this.#fanOut.flush();
+    const event = new WireEvent({
+      identity: '',
+      type: 'error',
+      timestamp: new Date(),
+      entityEncoding: 'application/msgpack',
+      entity: error.toErrorObject(),
+    });
+    const frame = new EventFrames(event).for(session.format);
+    if (frame !== undefined) this.#fanOut.write(session, frame, undefined);
+  }
+
+  /** Sends events to one session (PushSession#directPush). */
+  directPush(session: ServerSession, events: PushEvent[]): void {
+    const prepared = events.map((event) => {
+      try {
+        return wireEventFrom(event, normalizeTimestamp(event));
+      } catch (error) {
+        throw new InvalidEventError((error as Error).message, { cause: error });
+      }
+    });
+    if (!session.open || session.errorState) return;
+    // Events received from the topic before this call are written first.
+    this.#fanOut.flush();
+    for (const event of prepared) {
+      if (event.timestamp.getTime() < session.startMs) continue;
+      if (session.config !== undefined && !session.config.allows(event, NO_IDENTITIES)) continue;
+      const frame = new EventFrames(event).for(session.format);
+      if (frame === undefined) throw new InvalidEventError('the event entity cannot be encoded');
+      this.#fanOut.write(session, frame, undefined);
+    }
+  }
+
+  /** One keepalive round over every session (every `pingInterval`). */
+  keepalive(): void {
+    // A round that runs late means this process stalled (a blocked event loop), not the clients:
+    // their pongs may be waiting unread in the socket buffers, since timers run before I/O. Nobody
+    // is judged on such a round; everyone is probed again and judged on the next one.
+    const now = performance.now();
+    const elapsed = now - this.#lastPingAt;
+    const stalled = elapsed > this.#options.pingInterval * 1.5;
+    this.#lastPingAt = now;
+    if (stalled) {
+      this.#options.logger.warn(
+        { lateMs: Math.round(elapsed - this.#options.pingInterval) },
+        'pushwire: keepalive round ran late (event loop blocked); no session terminated this round',
+      );
+    }
+    for (const session of this.#sessions) session.transport?.keepalive(!stalled);
+  }
+}
