@@ -112,6 +112,12 @@ export interface DispatchContext {
   readonly stats: DispatchStats;
   /** Free-form state shared by the plugins of this event. */
   readonly state: Record<string, unknown>;
+  /**
+   * Set when the event is replayed from the topic's history to one resuming
+   * session (docs/PROTOCOL.md, "Recovery"): the chain runs for that session
+   * alone, and its predicates decide for it exactly as for a live event.
+   */
+  readonly replayFor?: PushSession;
 }
 
 /** Options of one `publishWith()` call, visible to publish plugins. */

@@ -5,6 +5,7 @@
  */
 import { buildFrame, buildTextFrame } from './frame.js';
 import type { WireEvent } from './protocol/event.js';
+import { encode } from './protocol/msgpack.js';
 import { FRAME_FORMATS, FrameFormat } from './transport/contract.js';
 
 /** The bytes of `event` in `format`. Throws when its entity cannot be encoded that way. */
@@ -63,5 +64,18 @@ export class BatchFrames {
       this.#frames[format] = frames;
     }
     return frames ?? undefined;
+  }
+}
+
+/**
+ * A control frame (a map that is not an event, such as the recovery frame
+ * of docs/PROTOCOL.md) in `format`: JSON text, or MessagePack binary.
+ */
+export function controlFrame(value: Record<string, unknown>, format: FrameFormat): Buffer {
+  switch (format) {
+    case FrameFormat.WebSocketMsgpack:
+      return buildFrame(encode(value), true);
+    case FrameFormat.WebSocketJson:
+      return buildTextFrame(JSON.stringify(value));
   }
 }

@@ -184,6 +184,12 @@ export class FanOut {
         if (counted) for (const item of batch) if (item.stats !== undefined) item.stats.filtered++;
         continue;
       }
+      if (session.resume !== undefined) {
+        // Replaying history: live events wait until the replay is done (recovery.ts), so they
+        // follow the replayed ones in order; the seam drops those already replayed.
+        session.resume.hold(batch);
+        continue;
+      }
       if (session.asyncTail !== undefined) {
         // An async verdict is pending for this session: its events queue behind it.
         filtered += this.#fanOutToSession(session, batch, 0);
@@ -407,6 +413,22 @@ export class FanOut {
     return tail;
   }
 
+  /**
+   * Steps 1, 3 and 4 for one session and one event, without step 2 (the
+   * session's start): the verdict on an event replayed from history, or held
+   * while a replay ran. True, false, or a promise of one.
+   */
+  verdictFor(
+    session: ServerSession,
+    event: WireEvent,
+    related: readonly string[],
+    predicates: readonly DispatchPredicate[],
+  ): boolean | Promise<boolean> {
+    if (session.errorState) return false;
+    if (session.config !== undefined && !session.config.allows(event, related)) return false;
+    return predicates.length === 0 ? true : this.#checkPredicates(session, predicates);
+  }
+
   /** Writes one event's frame to a session, coalesced per turn, within its buffer bound. */
   write(session: ServerSession, frame: Buffer, stats: DispatchStats | undefined): void {
     const admitted = this.#admit(session, 1, true);
@@ -417,6 +439,7 @@ export class FanOut {
     }
     (session.transport as SessionTransport).write(frame);
     this.#stats.deliveries++;
+    session.received = true;
     if (stats) stats.sent++;
   }
 
@@ -446,6 +469,7 @@ export class FanOut {
     }
     (session.transport as SessionTransport).write(frames);
     this.#stats.deliveries += batch.length;
+    session.received = true;
     for (const item of batch) if (item.stats !== undefined) item.stats.sent++;
     return true;
   }

@@ -20,6 +20,7 @@ import {
 } from './errors.js';
 import { EventFrames } from './event-frames.js';
 import type { FanOut } from './fan-out.js';
+import type { Recovery } from './recovery.js';
 import { describeError } from './logger.js';
 import type { ResolvedOptions } from './options.js';
 import { negotiateEncodings, UnsupportedEncodingError } from './protocol/encoding.js';
@@ -66,6 +67,7 @@ export class SessionRegistry implements SessionHost {
   readonly #selectors = new SelectorPool();
   /** Set by the server once the fan-out exists (the two refer to each other). */
   #fanOut!: FanOut;
+  #recovery: Recovery | undefined;
   /** When the last keepalive round ran (performance.now()), to notice a stalled event loop. */
   #lastPingAt = performance.now();
   readonly #bindWebSocket = webSocketBinder<ServerSession>({
@@ -86,9 +88,13 @@ export class SessionRegistry implements SessionHost {
     this.#sessionChain = init.sessionChain;
   }
 
-  /** Gives the registry the fan-out it flushes before error events and direct pushes. */
-  attach(fanOut: FanOut): void {
+  /**
+   * Gives the registry the fan-out it flushes before error events and direct pushes, and,
+   * with history on, the recovery that replays to sessions whose config carries `since`.
+   */
+  attach(fanOut: FanOut, recovery: Recovery | undefined): void {
     this.#fanOut = fanOut;
+    this.#recovery = recovery;
   }
 
   /** Counts a refusal (for stats and logs). */
@@ -301,6 +307,10 @@ export class SessionRegistry implements SessionHost {
     session.config = this.#selectors.acquire(config);
     if (previous !== undefined) this.#selectors.release(previous);
     session.errorState = false;
+    const since = session.config.input.since;
+    // Without history a `since` is ignored, as any key the server does not know: the client sees
+    // no recovery frame, which tells it this server keeps no history.
+    if (since !== undefined && this.#recovery !== undefined) this.#recovery.begin(session, since);
   }
 
   /** Sends an error event (PROTOCOL.md section 6) to one session. */

@@ -18,6 +18,7 @@ import type { PushEvent } from './protocol/event.js';
 import { DEFAULT_PUSH_CONFIG_LIMITS } from './protocol/push-config.js';
 import type { PubSubClient } from './pubsub/contract.js';
 import { Publisher } from './publisher.js';
+import { Recovery } from './recovery.js';
 import { SessionRegistry } from './registry.js';
 import type { PushSession, ServerSession } from './session.js';
 import { DispatchListeners, newPushStats, type DispatchInfo, type PushStats } from './stats.js';
@@ -40,6 +41,7 @@ export class PushServer {
   readonly #fanOut: FanOut;
   readonly #subscription: TopicSubscription;
   readonly #publisher: Publisher;
+  readonly #recovery: Recovery | undefined;
   #closing = false;
   #closePromise: Promise<void> | undefined;
   #pingTimer: NodeJS.Timeout | undefined;
@@ -72,7 +74,6 @@ export class PushServer {
       sessionChain: sessionMws.length > 0 ? compose(sessionMws) : undefined,
     });
     this.#fanOut = new FanOut(this.#registry.sessions, stats, options, this.#listeners.report);
-    this.#registry.attach(this.#fanOut);
     this.#subscription = new TopicSubscription({
       pubsub,
       topic,
@@ -82,6 +83,20 @@ export class PushServer {
       listeners: this.#listeners,
       dispatchChain: dispatchMws.length > 0 ? compose(dispatchMws) : undefined,
     });
+    // History is on when the backend keeps it (its `history` option): then events carry their
+    // positions and a session can resume.
+    const history = pubsub.history;
+    this.#recovery =
+      history === undefined
+        ? undefined
+        : new Recovery({
+            history,
+            topic,
+            options,
+            subscription: this.#subscription,
+            fanOut: this.#fanOut,
+          });
+    this.#registry.attach(this.#fanOut, this.#recovery);
     this.#publisher = new Publisher({
       pubsub,
       topic,
@@ -194,6 +209,11 @@ export class PushServer {
     // Events already received finish their dispatch (bounded by the deadline).
     const fanOut = this.#fanOut;
     fanOut.flush();
+    if (this.#recovery !== undefined) {
+      await withTimeout(this.#recovery.idle(), left(), () => new Error('replays pending')).catch(
+        () => undefined,
+      );
+    }
     await withTimeout(this.#subscription.idle(), left(), () => new Error('dispatch pending')).catch(
       () => undefined,
     );

@@ -59,6 +59,14 @@ export interface PushSession {
   close(code?: number, reason?: string): void;
 }
 
+/**
+ * What the fan-out sees of a session's replay in progress: where it hands
+ * the batches it would have written (the fan-out's BatchedEvent items).
+ */
+export interface ResumeHold {
+  hold(batch: readonly object[]): void;
+}
+
 /** Parses a Cookie header into a map; malformed pairs are skipped. */
 export function parseCookies(header: string | undefined): Map<string, string> {
   const cookies = new Map<string, string>();
@@ -174,6 +182,10 @@ export class ServerSession implements PushSession {
   dropped = 0;
   /** True while this session's socket is corked until the end of the turn. */
   corked = false;
+  /** True once an event was written to this session (a later `since` cannot be honoured in order). */
+  received = false;
+  /** Set while the session replays history: live events are held until it is done (recovery.ts). */
+  resume: ResumeHold | undefined;
   /** Pending async predicate checks, chained so one session's events stay in order. */
   asyncTail: Promise<void> | undefined;
   /** The connection events are written to; set once the handshake completed. */

@@ -6,6 +6,7 @@
  * topic's history instead, and each event carries its position.
  */
 import type { DispatchContext, DispatchPredicate } from './chain.js';
+import type { PushSession } from './session.js';
 import type { FanOut } from './fan-out.js';
 import { describeError } from './logger.js';
 import type { ResolvedOptions } from './options.js';
@@ -50,6 +51,8 @@ export class TopicSubscription {
   #dispatchTail: Promise<void> = Promise.resolve();
   #waitingDispatches = 0;
   #unsubscribe: Unsubscribe | undefined;
+  /** With history on: the position of the newest event received, where a client that cannot recover stands. */
+  lastPosition: string | undefined;
 
   constructor(init: TopicSubscriptionInit) {
     this.#pubsub = init.pubsub;
@@ -64,10 +67,18 @@ export class TopicSubscription {
   /** Connects the backend and subscribes; resolves once publications flow. */
   async start(): Promise<void> {
     await this.#pubsub.connect();
-    const subject = subscriptionSubject(this.#topic, this.#options.subjectHierarchies);
-    const unsubscribe = await this.#pubsub.subscribe(subject, (payload) =>
-      this.#onPayload(payload),
-    );
+    const history = this.#pubsub.history;
+    // With history on, live events come out of the history itself (JetStream's stream, the
+    // Redis stream, the ring): one ordered source, so a replay meets live delivery with no seam.
+    const unsubscribe =
+      history !== undefined
+        ? await history.follow(this.#topic, (payload, _subject, position) =>
+            this.#onPayload(payload, position),
+          )
+        : await this.#pubsub.subscribe(
+            subscriptionSubject(this.#topic, this.#options.subjectHierarchies),
+            (payload) => this.#onPayload(payload, undefined),
+          );
     if (this.closing) await unsubscribe();
     else this.#unsubscribe = unsubscribe;
   }
@@ -83,11 +94,11 @@ export class TopicSubscription {
     return this.#dispatchTail;
   }
 
-  #onPayload(payload: Uint8Array): void {
-    if (this.closing) return;
-    this.#stats.eventsReceived++;
-    // The clock is read only for onDispatch listeners (metrics): unused, it costs nothing.
-    const receivedAt = this.#listeners.active ? performance.now() : -1;
+  /**
+   * Decodes a publication (copied: see below) and checks its entity; counts and logs one
+   * that cannot be dispatched and returns undefined. Used for live and replayed events alike.
+   */
+  decode(payload: Uint8Array, position: string | undefined): DecodedPublication | undefined {
     let publication: DecodedPublication;
     try {
       // The decoded event keeps views into `payload` (entity bytes, forwarded MessagePack), and
@@ -97,10 +108,10 @@ export class TopicSubscription {
     } catch (error) {
       this.#stats.eventsUndecodable++;
       this.#options.logger.warn(
-        { err: describeError(error), bytes: payload.byteLength },
+        { err: describeError(error), bytes: payload.byteLength, position },
         'pushwire: dropped a publication that does not decode',
       );
-      return;
+      return undefined;
     }
     const undecodable = publication.event.undecodableReason();
     if (undecodable !== undefined) {
@@ -112,11 +123,67 @@ export class TopicSubscription {
           identity: publication.event.identity,
           type: publication.event.type,
           reason: undecodable,
+          position,
         },
         'pushwire: dropped an event whose entity does not decode',
       );
-      return;
+      return undefined;
     }
+    publication.event.position = position;
+    return publication;
+  }
+
+  /**
+   * Runs the dispatch chain of a replayed event for the one session it is
+   * replayed to. Resolves to the context the chain reached the fan-out
+   * with, or undefined when a plugin did not call next(), threw or timed
+   * out (the event is then not replayed, as it would not have been sent).
+   */
+  async dispatchReplay(
+    publication: DecodedPublication,
+    session: PushSession,
+  ): Promise<DispatchContext | undefined> {
+    const { event, ...headers } = publication;
+    const ctx: DispatchContext = {
+      event,
+      publication: headers,
+      relatedIdentities: [],
+      predicates: [],
+      stats: newDispatchStats(),
+      state: {},
+      replayFor: session,
+    };
+    const chain = this.#dispatchChain;
+    if (chain === undefined) return ctx;
+    let reached: DispatchContext | undefined;
+    try {
+      await withTimeout(
+        chain(ctx, (c) => {
+          reached = c;
+        }),
+        this.#options.dispatchTimeout,
+        () =>
+          new Error(`dispatch plugins did not finish within ${this.#options.dispatchTimeout} ms`),
+      );
+    } catch (error) {
+      this.#stats.dispatchErrors++;
+      this.#options.logger.warn(
+        { identity: event.identity, type: event.type, err: describeError(error) },
+        'pushwire: event not replayed: a dispatch plugin failed',
+      );
+      return undefined;
+    }
+    return reached;
+  }
+
+  #onPayload(payload: Uint8Array, position: string | undefined): void {
+    if (this.closing) return;
+    this.#stats.eventsReceived++;
+    // The clock is read only for onDispatch listeners (metrics): unused, it costs nothing.
+    const receivedAt = this.#listeners.active ? performance.now() : -1;
+    if (position !== undefined) this.lastPosition = position;
+    const publication = this.decode(payload, position);
+    if (publication === undefined) return;
     if (this.#dispatchChain === undefined) {
       // No plugin: nothing can be async; the event joins this turn's batch.
       const stats = receivedAt >= 0 ? newDispatchStats() : undefined;

@@ -95,6 +95,41 @@ export function encodeJsonEvent(
   );
 }
 
+/**
+ * The MessagePack bytes of a map with one more entry, `key: value`, at its
+ * end: the map's header counts one more and the pair is appended, so a
+ * forwarded event keeps the publisher's bytes. Throws an EventFormatError
+ * when `map` is not a map, or holds 2^32 - 1 entries.
+ */
+export function appendMapEntry(map: Uint8Array, key: string, value: string): Uint8Array {
+  const first = map[0] as number;
+  let header: Buffer;
+  let bodyStart: number;
+  let count: number;
+  if (first >= 0x80 && first <= 0x8f) {
+    count = (first & 0x0f) + 1;
+    bodyStart = 1;
+  } else if (first === 0xde) {
+    count = ((map[1] as number) << 8) + (map[2] as number) + 1;
+    bodyStart = 3;
+  } else if (first === 0xdf) {
+    count = Buffer.from(map.buffer, map.byteOffset, map.byteLength).readUInt32BE(1) + 1;
+    bodyStart = 5;
+  } else {
+    throw new EventFormatError('the event is not a map');
+  }
+  if (count <= 15) header = Buffer.from([0x80 | count]);
+  else if (count <= 0xffff) header = Buffer.from([0xde, count >> 8, count & 0xff]);
+  else if (count <= 0xffffffff) {
+    header = Buffer.allocUnsafe(5);
+    header[0] = 0xdf;
+    header.writeUInt32BE(count, 1);
+  } else throw new EventFormatError('the event map is full');
+  const pair = encode([key, value]);
+  // encode() of a two-element array: a fixarray header (0x92), then the key and the value.
+  return Buffer.concat([header, map.subarray(bodyStart), pair.subarray(1)]);
+}
+
 /** The MessagePack bytes of an entity. Throws when the value cannot be encoded. */
 export function encodeEntity(entity: unknown): Uint8Array {
   return encode(entity);
@@ -180,6 +215,12 @@ export class WireEvent {
   /** Why the entity did not decode: kept so that a bad entity is decoded once, not once per session. */
   #entityError: EventFormatError | undefined;
   #entityJson: string | undefined;
+  /**
+   * The event's position in the topic's history (docs/PROTOCOL.md, "Recovery"), set when it
+   * came from a history; written into its frames under `position`, and absent otherwise, so
+   * that without history the frames are bahamut's byte for byte.
+   */
+  position: string | undefined;
 
   constructor(init: {
     identity: string;
@@ -268,17 +309,22 @@ export class WireEvent {
         this.#entityJson = JSON.stringify(this.entity) ?? 'null';
       }
     }
-    return encodeJsonEvent(this.identity, this.type, this.#entityJson, this.timestamp);
+    const json = encodeJsonEvent(this.identity, this.type, this.#entityJson, this.timestamp);
+    if (this.position === undefined) return json;
+    return json.slice(0, -1) + ',"position":' + JSON.stringify(this.position) + '}';
   }
 
   /** The MessagePack bytes of the event: the publisher's bytes when possible, else re-encoded. */
   toMsgpack(): Uint8Array {
-    if (this.#msgpackBytes !== undefined) return this.#msgpackBytes;
-    const entityBytes =
-      this.entityEncoding === MSGPACK_MEDIA_TYPE && this.#entityBytes !== undefined
-        ? this.#entityBytes
-        : encode(this.entity);
-    return encodeMsgpackEvent(this.identity, this.type, entityBytes, this.timestamp);
+    let bytes = this.#msgpackBytes;
+    if (bytes === undefined) {
+      const entityBytes =
+        this.entityEncoding === MSGPACK_MEDIA_TYPE && this.#entityBytes !== undefined
+          ? this.#entityBytes
+          : encode(this.entity);
+      bytes = encodeMsgpackEvent(this.identity, this.type, entityBytes, this.timestamp);
+    }
+    return this.position === undefined ? bytes : appendMapEntry(bytes, 'position', this.position);
   }
 }
 

@@ -21,7 +21,16 @@ export interface PushConfigInput {
   filters?: Record<string, string>;
   /** Merged into the session's parameters. */
   parameters?: Record<string, string[] | string>;
+  /**
+   * History extension (docs/PROTOCOL.md, "Recovery"): the position of the last event the client
+   * received; the server replays what came after it. A value that is not a string is kept as
+   * `''`, which no history knows: the answer is `recovered: false`, never an error.
+   */
+  since?: string;
 }
+
+/** The longest `since` kept: longer is no position of any backend. */
+const MAX_POSITION_LENGTH = 200;
 
 /** Bounds on a push config, so a client cannot make the server do unbounded work per event. */
 export interface PushConfigLimits {
@@ -458,7 +467,7 @@ export function parsePushConfig(
   };
   if (!isPlainObject(value)) throw new PushConfigError('the push config must be an object');
   for (const key of Object.keys(value)) {
-    if (key !== 'identities' && key !== 'filters' && key !== 'parameters') {
+    if (key !== 'identities' && key !== 'filters' && key !== 'parameters' && key !== 'since') {
       throw new PushConfigError(`unknown push config key ${JSON.stringify(key)}`, { key });
     }
   }
@@ -537,6 +546,11 @@ export function parsePushConfig(
       }
     }
     input.parameters = parameters;
+  }
+
+  if (value.since !== undefined && value.since !== null) {
+    // Positions are short; a longer string is no position, and need not be kept whole.
+    input.since = typeof value.since === 'string' ? value.since.slice(0, MAX_POSITION_LENGTH) : '';
   }
 
   const estimatedBytes = estimatePushConfigBytes(input);

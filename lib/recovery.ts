@@ -1,0 +1,218 @@
+/**
+ * Recovery (docs/PROTOCOL.md, "Recovery"): a session that gives the
+ * position of the last event it received (`since`) is sent, before any
+ * live event, every event after it that it would have received live —
+ * through the same dispatch chain, push config and predicates — then one
+ * recovery control frame, then live events with no gap and no duplicate.
+ *
+ * How the seam holds: the server's live events come out of the same
+ * history it replays from (subscription.ts follows it), in position order.
+ * From the moment a replay starts, the fan-out hands the session's live
+ * batches to its resume instead of writing them; once the history has been
+ * read to its end, what was held is written, minus what the replay already
+ * sent (positions at or before the last one read).
+ */
+import type { DispatchPredicate } from './chain.js';
+import type { BatchedEvent, FanOut } from './fan-out.js';
+import { controlFrame, EventFrames } from './event-frames.js';
+import { describeError } from './logger.js';
+import type { ResolvedOptions } from './options.js';
+import type { WireEvent } from './protocol/event.js';
+import type { TopicHistory } from './pubsub/contract.js';
+import type { ResumeHold, ServerSession } from './session.js';
+import type { TopicSubscription } from './subscription.js';
+
+/** Events read from the history per read: bounds the memory one replay holds at a time. */
+const REPLAY_PAGE = 256;
+/** How long a replay waits for a client's buffer to drain before looking again. */
+const DRAIN_WAIT_MS = 1000;
+/** The close code of a session whose live events overflowed while it replayed (RFC 6455: try again later). */
+const TRY_AGAIN_LATER = 1013;
+
+/** The recovery control frame's content. */
+export interface RecoveryReport {
+  /** True when every event after `since` was replayed; false: the client must re-read state. */
+  recovered: boolean;
+  /** The position the session is at now: the next `since`. */
+  position: string;
+}
+
+/** The live events held for one session while it replays. */
+class Resume implements ResumeHold {
+  held: BatchedEvent[] = [];
+  overflowed = false;
+  constructor(private readonly limit: number) {}
+
+  hold(batch: readonly object[]): void {
+    if (this.overflowed) return;
+    for (const item of batch) this.held.push(item as BatchedEvent);
+    if (this.held.length > this.limit) {
+      this.overflowed = true;
+      this.held = [];
+    }
+  }
+}
+
+/** What recovery is built from. */
+export interface RecoveryInit {
+  history: TopicHistory;
+  topic: string;
+  options: ResolvedOptions;
+  subscription: TopicSubscription;
+  fanOut: FanOut;
+}
+
+/** Replays a topic's history to resuming sessions of one server. */
+export class Recovery {
+  readonly #history: TopicHistory;
+  readonly #topic: string;
+  readonly #options: ResolvedOptions;
+  readonly #subscription: TopicSubscription;
+  readonly #fanOut: FanOut;
+  /** Replays running, so that shutdown can wait for them. */
+  readonly #running = new Set<Promise<void>>();
+
+  constructor(init: RecoveryInit) {
+    this.#history = init.history;
+    this.#topic = init.topic;
+    this.#options = init.options;
+    this.#subscription = init.subscription;
+    this.#fanOut = init.fanOut;
+  }
+
+  /**
+   * Starts the replay of everything after `since` to `session`; its live
+   * events are held from now on until the replay is done. A session that
+   * already received events cannot be replayed to in order: it is told
+   * `recovered: false` at once, with the newest position this server saw.
+   */
+  begin(session: ServerSession, since: string): void {
+    if (session.resume !== undefined) return;
+    if (session.received) {
+      this.#report(session, {
+        recovered: false,
+        position: this.#subscription.lastPosition ?? since,
+      });
+      return;
+    }
+    // Held live events are bounded by the history's own bound: a session further behind than
+    // that could not have been recovered from the history either.
+    const resume = new Resume(Math.max(REPLAY_PAGE, this.#history.options.maxEvents));
+    session.resume = resume;
+    const run = this.#replay(session, resume, since).finally(() => {
+      this.#running.delete(run);
+    });
+    this.#running.add(run);
+  }
+
+  /** Resolves once every replay running now has ended. */
+  idle(): Promise<void> {
+    return Promise.all(this.#running).then(() => undefined);
+  }
+
+  async #replay(session: ServerSession, resume: Resume, since: string): Promise<void> {
+    let report: RecoveryReport;
+    let last = since;
+    try {
+      report = await this.#replayHistory(session, since, (position) => {
+        last = position;
+      });
+    } catch (error) {
+      // The broker went away mid-replay: what was sent stays sent; the client re-reads state.
+      this.#options.logger.warn(
+        { sessionId: session.id, err: describeError(error) },
+        'pushwire: replay failed; the session is told it did not recover',
+      );
+      report = { recovered: false, position: last };
+    }
+    if (resume.overflowed) {
+      session.resume = undefined;
+      session.policyClose = { code: TRY_AGAIN_LATER, reason: 'too far behind to recover' };
+      session.transport?.close(session.policyClose.code, session.policyClose.reason);
+      return;
+    }
+    if (!session.open) {
+      session.resume = undefined;
+      return;
+    }
+    this.#report(session, report);
+    await this.#releaseHeld(session, resume, report.position);
+  }
+
+  /** Reads the history after `since` to its end, writing what passes; returns the report. */
+  async #replayHistory(
+    session: ServerSession,
+    since: string,
+    advanced: (position: string) => void,
+  ): Promise<RecoveryReport> {
+    let cursor = since;
+    for (;;) {
+      const read = await this.#history.read(this.#topic, cursor, REPLAY_PAGE);
+      if (!read.recovered) return { recovered: false, position: read.head };
+      for (const entry of read.entries) {
+        if (!session.open) return { recovered: false, position: cursor };
+        const publication = this.#subscription.decode(entry.payload, entry.position);
+        cursor = entry.position;
+        advanced(cursor);
+        if (publication === undefined) continue;
+        const ctx = await this.#subscription.dispatchReplay(publication, session);
+        if (ctx === undefined) continue;
+        await this.#deliver(session, publication.event, ctx.relatedIdentities, ctx.predicates);
+      }
+      if (!read.more) return { recovered: true, position: cursor };
+    }
+  }
+
+  /**
+   * Writes the live events held during the replay that come after `position`,
+   * until none is left; then the session is live again. The last check for
+   * held events and the end of the resume happen in one synchronous step, so
+   * no batch falls between them.
+   */
+  async #releaseHeld(session: ServerSession, resume: Resume, position: string): Promise<void> {
+    let last = position;
+    while (resume.held.length > 0 && session.open) {
+      const held = resume.held;
+      resume.held = [];
+      for (const item of held) {
+        const at = item.event.position;
+        // The seam: what the replay already sent is at or before `last`.
+        if (at !== undefined && !(this.#history.compare(at, last) > 0)) continue;
+        if (at !== undefined) last = at;
+        await this.#deliver(session, item.event, item.related, item.predicates, item.frames);
+      }
+    }
+    session.resume = undefined;
+  }
+
+  /** Writes one event to the session when its verdict passes, waiting for the client to read. */
+  async #deliver(
+    session: ServerSession,
+    event: WireEvent,
+    related: readonly string[],
+    predicates: readonly DispatchPredicate[],
+    frames?: EventFrames,
+  ): Promise<void> {
+    let verdict = this.#fanOut.verdictFor(session, event, related, predicates);
+    if (verdict !== true && verdict !== false) verdict = await verdict;
+    if (!verdict) return;
+    const transport = session.transport;
+    if (transport === undefined) return;
+    // A replay is read as fast as the history gives it: pace it by the client, so that the
+    // slow-consumer bound (which drops live events) is never what stops a recovery.
+    const bound = this.#options.maxBufferedBytes / 2;
+    while (transport.writable && transport.bufferedBytes > bound) {
+      await transport.drain(DRAIN_WAIT_MS);
+    }
+    const frame = (frames ?? new EventFrames(event)).for(session.format);
+    if (frame !== undefined) this.#fanOut.write(session, frame, undefined);
+  }
+
+  #report(session: ServerSession, report: RecoveryReport): void {
+    this.#options.logger.debug(
+      { sessionId: session.id, recovered: report.recovered, position: report.position },
+      'pushwire: recovery',
+    );
+    this.#fanOut.write(session, controlFrame({ recovery: report }, session.format), undefined);
+  }
+}
