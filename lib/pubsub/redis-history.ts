@@ -72,6 +72,8 @@ interface Snapshot {
   first: StreamId | undefined;
   /** The newest ID the stream ever generated (kept when trimmed); `0-0` when there is no stream. */
   last: StreamId;
+  /** True when no entry was ever removed (XINFO's entries-added equals length; Redis 7 and later). */
+  whole: boolean;
 }
 
 /** A stream message as node-redis hands it back, in buffer or string mode. */
@@ -89,8 +91,14 @@ const FOLLOW_BATCH = 512;
  * the module comment for the keys). `read` is conservative: `recovered` is
  * true when `since` is of the current epoch, not past the newest ID, and at
  * or after the oldest stored entry (or equal to the newest ID when nothing
- * is stored); for the one position just before the oldest stored entry it
- * answers false, since a trimmed stream does not tell what was between.
+ * is stored, or anything when nothing was ever trimmed); for the one
+ * position just before the oldest stored entry of a trimmed stream it
+ * answers false, since Redis does not tell what was between.
+ *
+ * `follow` cannot deliver what was trimmed before it read it: a follower
+ * more than `maxEvents` behind the publishers (or `maxAge`) skips what it
+ * lost. Size `maxEvents` well above what is published during the longest
+ * pause of a server (the default, 10,000, is seconds at high rates).
  * Events older than `maxAge` are trimmed by the next publish to their root,
  * so an idle root may still return them.
  */
@@ -398,9 +406,11 @@ async function snapshot(client: RedisClientLike, root: string): Promise<Snapshot
     throw new PubSubError(`RedisPubSub: no epoch for ${root} (GET replied ${String(epoch)})`);
   }
   const info = replies[2];
-  if (info === undefined || info === null)
-    return { epoch: String(epoch), first: undefined, last: ZERO };
+  if (info === undefined || info === null) {
+    return { epoch: String(epoch), first: undefined, last: ZERO, whole: true };
+  }
   const length = Number(field(info, 'length') ?? 0);
+  const added = field(info, 'entries-added');
   const last = parseId(String(field(info, 'last-generated-id') ?? '0-0')) ?? ZERO;
   // recorded-first-entry-id exists from Redis 7; before, the first entry's own ID says the same.
   let first = parseId(String(field(info, 'recorded-first-entry-id') ?? ''));
@@ -408,13 +418,18 @@ async function snapshot(client: RedisClientLike, root: string): Promise<Snapshot
     const entry = field(info, 'first-entry') as { id?: unknown } | null | undefined;
     first = entry?.id === undefined ? undefined : parseId(String(entry.id));
   }
-  return { epoch: String(epoch), first: length > 0 ? first : undefined, last };
+  return {
+    epoch: String(epoch),
+    first: length > 0 ? first : undefined,
+    last,
+    whole: added !== undefined && Number(added) === length,
+  };
 }
 
 /** True when every entry after `since` is still stored, per {@link Snapshot}. */
 function covered(since: StreamId, state: Snapshot): boolean {
   if (compareIds(since, state.last) > 0) return false; // a position from the future
-  if (compareIds(since, state.last) === 0) return true;
+  if (compareIds(since, state.last) === 0 || state.whole) return true;
   return state.first !== undefined && compareIds(since, state.first) >= 0;
 }
 
