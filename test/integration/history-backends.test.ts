@@ -17,6 +17,7 @@ import { historyEpochKey, historyStreamKey } from '../../lib/pubsub/redis-histor
 import { RedisPubSub } from '../../lib/pubsub/redis.js';
 import { startRedis, type Broker } from '../helpers/brokers.js';
 import { failOnUnhandledRejections } from '../helpers/guard.js';
+import { mb, retainedHeap } from '../helpers/heap.js';
 import {
   bytes,
   entryTexts,
@@ -30,6 +31,12 @@ import { waitFor } from '../helpers/wait.js';
 const RECOVERY_MS = 15_000;
 
 failOnUnhandledRejections();
+
+/** The retained heap plus ArrayBuffer backing stores (where payload copies live). */
+async function retainedWithBuffers(): Promise<number> {
+  const heap = await retainedHeap();
+  return heap + process.memoryUsage().arrayBuffers;
+}
 
 runHistoryContract('LocalPubSub', () => ({
   create: (history) => new LocalPubSub({ history }),
@@ -72,6 +79,26 @@ describe('LocalPubSub history', () => {
     for (let i = 0; i < 50; i++) await bus.publish(i % 2 ? 'a.x' : 'b', bytes(`${i}`));
     assert.equal(bus.history!.size('a'), 5);
     assert.equal(bus.history!.size('b'), 5);
+  });
+
+  it('holds memory bounded by maxEvents: flat when three times more is published', async () => {
+    const payload = Buffer.alloc(200, 7);
+    const bus = new LocalPubSub({ history: { maxEvents: 10_000 } });
+    await bus.connect();
+    const publish = async (count: number): Promise<void> => {
+      for (let i = 0; i < count; i++) await bus.publish('events.task.create', payload);
+    };
+    await publish(100);
+    const base = await retainedWithBuffers();
+    await publish(10_000);
+    const full = await retainedWithBuffers();
+    await publish(30_000);
+    const after = await retainedWithBuffers();
+    // bench/history-memory.ts measures about 4.7 MB; the bound leaves room for other runtimes.
+    assert.ok(full - base < 10 * 1048576, `10,000 events of 200 B take ${mb(full - base)}`);
+    assert.ok(after - full < 1048576, `it grew by ${mb(after - full)} past maxEvents`);
+    assert.equal(bus.history!.size('events'), 10_000);
+    await bus.disconnect();
   });
 
   it('rejects bounds that are not positive integers', () => {
