@@ -11,6 +11,8 @@ import {
 } from './contract.js';
 import { RedisHistory } from './redis-history.js';
 
+export { historyEpochKey, historyStreamKey, RedisHistory } from './redis-history.js';
+
 /** node-redis's reconnect strategy: a delay in ms, or `false`/an Error to give up. */
 type ReconnectStrategy = (retries: number, cause: Error) => number | false | Error;
 
