@@ -293,6 +293,18 @@ class RedisFollower {
       this.#recheck = true;
     });
     this.#connection.on('ready', () => this.#wake?.());
+    // A reconnect strategy that gave up closes the connection for good: nothing will follow.
+    this.#connection.on('end', () => {
+      if (!this.#active) return;
+      this.#active = false;
+      this.#wake?.();
+      this.#host.report(
+        new PubSubError(
+          `RedisPubSub: follow ${this.#topic}: its connection was closed for good`,
+          'PUSH_PUBSUB_UNREACHABLE',
+        ),
+      );
+    });
   }
 
   async start(): Promise<void> {
@@ -325,6 +337,14 @@ class RedisFollower {
             // Redis lost the stream: everything in the new one is after what was delivered.
             this.#epoch = state.epoch;
             this.#cursor = ZERO;
+          } else if (!covered(this.#cursor, state)) {
+            // Nothing to deliver for what is gone; say so, so that it is not lost silently.
+            this.#host.report(
+              new PubSubError(
+                `RedisPubSub: follow ${this.#topic}: events were trimmed before this follower read them (raise history.maxEvents)`,
+                'PUSH_HISTORY_GAP',
+              ),
+            );
           }
         }
         const reply = (await buffers(this.#connection).xRead(
@@ -333,6 +353,8 @@ class RedisFollower {
         )) as unknown as Array<{ messages: RawMessage[] }> | null;
         for (const stream of reply ?? []) {
           for (const raw of stream.messages) this.#deliver(raw);
+          // A full batch means this follower is behind: check it has not fallen off the stream.
+          if (stream.messages.length === FOLLOW_BATCH) this.#recheck = true;
         }
       } catch (error) {
         if (!this.#active) return;
