@@ -265,6 +265,33 @@ describe('RedisPubSub history against a broker that fails', () => {
     assert.deepEqual(entryTexts(fresh.entries), after.slice(6));
   });
 
+  it('works on a shared client: follows on a duplicate, which disconnect() closes', async () => {
+    const shared = await admin();
+    try {
+      const client = new RedisPubSub({ client: shared, history: {} }) as HistoryPubSubClient;
+      open.push(client);
+      await client.connect();
+      const topic = uniqueTopic();
+      const inbox = new FollowInbox();
+      await client.history.follow(topic, inbox.handler);
+      await client.publish(topic, bytes('shared'));
+      await inbox.untilText('shared');
+      const followers = async (): Promise<number> =>
+        String(await shared.sendCommand(['CLIENT', 'LIST']))
+          .split('\n')
+          .filter((line) => line.includes('name=pushwire-history-follower')).length;
+      assert.equal(await followers(), 1);
+      await client.disconnect();
+      assert.equal(shared.isReady, true, "the application's client stays open");
+      await waitFor(async () => (await followers()) === 0, {
+        timeout: 5_000,
+        message: 'the follower connection was not closed',
+      });
+    } finally {
+      shared.destroy();
+    }
+  });
+
   it('rejects follow() with PUSH_PUBSUB_UNREACHABLE while the broker is down', async () => {
     const client = await create();
     await broker.kill();
