@@ -173,10 +173,26 @@ export interface StoredEvent {
   /** The first token of its subject. */
   root: string;
   subject: string;
-  /** A private copy: the publisher's buffer may be reused once publish() returned. */
-  payload: Uint8Array;
+  /**
+   * Where its bytes are: a private copy (the publisher's buffer may be
+   * reused once publish() returned) at `offset` in `chunk`, a block shared
+   * with the next events of the root (see {@link Ring.copy}).
+   */
+  chunk: Uint8Array;
+  offset: number;
+  length: number;
   /** performance.now() when stored: monotonic, so a wall-clock jump neither keeps nor drops events. */
   at: number;
+}
+
+/** Payloads up to this size share blocks; larger ones are copied alone. */
+const SHARED_PAYLOAD_MAX = 4096;
+const CHUNK_MIN = 1024;
+const CHUNK_MAX = 64 * 1024;
+
+/** The stored bytes of an event, as a view (handlers and readers must not change them). */
+function bytesOf(event: StoredEvent): Uint8Array {
+  return event.chunk.subarray(event.offset, event.offset + event.length);
 }
 
 interface Follower {
@@ -200,7 +216,33 @@ class Ring {
   /** The seq of the newest event ever stored (0: none), kept when it is trimmed. */
   lastSeq = 0;
 
+  /** The block small payloads are copied into, and how much of it is used. */
+  #chunk = new Uint8Array(0);
+  #used = 0;
+
   constructor(readonly capacity: number) {}
+
+  /**
+   * Copies `payload` into the root's current block (a new one, twice the
+   * last up to 64 KiB, when it is full): one ArrayBuffer per block rather
+   * than per event, which is most of an event's overhead. Events are
+   * trimmed oldest first, so a block is released with its last event, and
+   * a root holds at most its live payloads plus one block. Payloads over
+   * 4 KiB get a block of their own.
+   */
+  copy(payload: Uint8Array): { chunk: Uint8Array; offset: number } {
+    const size = payload.byteLength;
+    if (size > SHARED_PAYLOAD_MAX) return { chunk: new Uint8Array(payload), offset: 0 };
+    if (this.#used + size > this.#chunk.byteLength) {
+      const next = Math.min(CHUNK_MAX, Math.max(CHUNK_MIN, this.#chunk.byteLength * 2));
+      this.#chunk = new Uint8Array(next);
+      this.#used = 0;
+    }
+    const offset = this.#used;
+    this.#chunk.set(payload, offset);
+    this.#used += size;
+    return { chunk: this.#chunk, offset };
+  }
 
   /** The seq of the oldest stored event; `lastSeq + 1` when none is stored. */
   get firstSeq(): number {
@@ -334,7 +376,7 @@ export class LocalHistory implements TopicHistory {
         break;
       }
       entries.push({
-        payload: event.payload,
+        payload: bytesOf(event),
         subject: event.subject,
         position: `${this.epoch}:${event.seq}`,
       });
@@ -365,12 +407,14 @@ export class LocalHistory implements TopicHistory {
     }
     const at = performance.now();
     ring.trimOlderThan(at - this.options.maxAge);
-    // new Uint8Array(view) copies exactly the view's bytes (Buffer#slice would share them).
+    const { chunk, offset } = ring.copy(payload);
     const event: StoredEvent = {
       seq: ring.lastSeq + 1,
       root,
       subject,
-      payload: new Uint8Array(payload),
+      chunk,
+      offset,
+      length: payload.byteLength,
       at,
     };
     ring.push(event);
@@ -381,11 +425,12 @@ export class LocalHistory implements TopicHistory {
   deliver(event: StoredEvent): void {
     if (this.#followers.size === 0) return;
     const position = `${this.epoch}:${event.seq}`;
+    const payload = bytesOf(event);
     for (const follower of [...this.#followers]) {
       if (!follower.active || follower.root !== event.root) continue;
       if (event.seq <= follower.after || !topicCovers(follower.topic, event.subject)) continue;
       try {
-        follower.handler(event.payload, event.subject, position);
+        follower.handler(payload, event.subject, position);
       } catch (error) {
         this.#onError(error);
       }
