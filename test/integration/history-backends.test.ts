@@ -265,6 +265,44 @@ describe('RedisPubSub history against a broker that fails', () => {
     assert.deepEqual(entryTexts(fresh.entries), after.slice(6));
   });
 
+  it('reports a gap (PUSH_HISTORY_GAP) when events were trimmed before its follower read them', async () => {
+    const errors: unknown[] = [];
+    const client = new RedisPubSub({
+      url: broker.url,
+      reconnectDelay: 20,
+      maxReconnectDelay: 100,
+      history: { maxEvents: 10 },
+      onError: (error) => errors.push(error),
+    }) as HistoryPubSubClient;
+    open.push(client);
+    await client.connect();
+    const topic = uniqueTopic();
+    const inbox = new FollowInbox();
+    await client.history.follow(topic, inbox.handler);
+    await client.publish(topic, bytes('first'));
+    await inbox.untilText('first');
+    const redis = await admin();
+    try {
+      // A password keeps the follower out once cut (node-redis reconnects at once), while the
+      // connections already authenticated, the publisher's and this one, go on.
+      await redis.configSet('requirepass', 'keep-out');
+      await killFollower(redis);
+      for (let i = 0; i < 300; i++) await client.publish(topic, bytes(`lost${i}`));
+      await redis.configSet('requirepass', '');
+    } finally {
+      redis.destroy();
+    }
+    await inbox.untilText('lost299', RECOVERY_MS);
+    assert.ok(
+      errors.some((error) => error instanceof PubSubError && error.code === 'PUSH_HISTORY_GAP'),
+      `no gap reported: ${errors.map(String).join('; ')} (${inbox.events.length} followed)`,
+    );
+    assert.ok(
+      inbox.events.length < 301,
+      `what was trimmed could not be delivered (${inbox.events.length})`,
+    );
+  });
+
   it('works on a shared client: follows on a duplicate, which disconnect() closes', async () => {
     const shared = await admin();
     try {
