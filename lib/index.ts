@@ -45,9 +45,18 @@ export {
 export type { ErrorObject, PushErrorOptions } from './errors.js';
 
 export { LocalPubSub } from './pubsub/local.js';
-export type { LocalPubSubOptions } from './pubsub/local.js';
+export type { LocalHistory, LocalPubSubOptions } from './pubsub/local.js';
 export { subjectMatches } from './pubsub/contract.js';
 export type { PubSubClient, PubSubHandler, PubSubStatus, Unsubscribe } from './pubsub/contract.js';
+export type {
+  HistoryEntry,
+  HistoryHandler,
+  HistoryOptions,
+  HistoryPubSubClient,
+  HistoryRead,
+  ResolvedHistoryOptions,
+  TopicHistory,
+} from './pubsub/contract.js';
 
 export { JSON_MEDIA_TYPE, MSGPACK_MEDIA_TYPE } from './protocol/encoding.js';
 export type { Encoding, SessionEncodings } from './protocol/encoding.js';

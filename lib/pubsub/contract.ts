@@ -135,7 +135,10 @@ export interface HistoryRead {
   /**
    * True when `since` is a position of the current epoch, not past the
    * newest stored event, and every event after it is still stored (not
-   * trimmed). False otherwise; `entries` is then empty.
+   * trimmed). False otherwise; `entries` is then empty. A backend that
+   * cannot tell whether what followed `since` was trimmed (Redis, for the
+   * position just before its oldest stored event) answers false: never true
+   * when an event is missing.
    */
   recovered: boolean;
   /** The stored events after `since`, oldest first, at most `max` of them. */
@@ -143,9 +146,10 @@ export interface HistoryRead {
   /** True when the read stopped at `max` and more events follow the last entry: read again from it. */
   more: boolean;
   /**
-   * The position of the newest stored event of the topic when the read ran
-   * (`<epoch>:0` or the like when nothing is stored): where a client that
-   * could not recover starts from.
+   * The position of the newest event stored in the topic's history when the
+   * read ran, even if it has been trimmed since (`<epoch>:0` or the like when
+   * nothing was stored in this epoch): where a client that could not recover
+   * starts from. A read from `head` is recovered, with no entries.
    */
   head: string;
 }
@@ -156,18 +160,24 @@ export interface HistoryRead {
  * is). The topic is a subject root: its history holds what is published on
  * `topic` and on every subject below it (`topic.task.create`), with
  * `publish()` of the same backend or, for NATS, by any publisher on core
- * NATS (bahamut's servers).
+ * NATS (bahamut's servers). Which history a publication goes to is decided
+ * from its subject alone: LocalPubSub and Redis keep one history per first
+ * token (`events` for `events.task.create`), so a topic with dots shares
+ * that token's history and positions, and `follow`/`read` keep only its own
+ * subjects (`topic` and `topic.…`).
  *
  * - `follow(topic, handler)` delivers every payload stored under `topic`
  *   from now on, with its position, in position order, with no gap and no
  *   duplicate — across broker reconnections where the backend's store
- *   survives them. The server uses it instead of `subscribe()` when
- *   history is on. It resolves once delivery is active (every event stored
+ *   survives them, as long as the follower is not so far behind that what
+ *   it has not read yet was trimmed. The server uses it instead of
+ *   `subscribe()` when history is on. It resolves once delivery is active (every event stored
  *   after that reaches the handler) to an idempotent unsubscribe function.
  * - `read(topic, since, max)` returns the stored events after `since`. It
  *   never rejects for a bad `since` (malformed, another epoch, trimmed,
  *   in the future): that is `recovered: false`. It rejects with a
- *   PubSubError when the broker cannot be reached.
+ *   PubSubError when the broker cannot be reached, and with a RangeError
+ *   when `max` is not a positive integer.
  * - `compare(a, b)` orders two positions of the current epoch (negative,
  *   zero, positive), so the server can drop, at the seam between a replay
  *   and live delivery, what it already sent. Positions that do not parse

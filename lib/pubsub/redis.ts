@@ -1,12 +1,17 @@
 import { createClient, ErrorReply, type RedisClientOptions } from 'redis';
 import { NotConnectedError, PubSubError } from '../errors.js';
 import {
+  resolveHistoryOptions,
   subjectMatches,
+  type HistoryOptions,
   type PubSubClient,
   type PubSubHandler,
   type PubSubStatus,
   type Unsubscribe,
 } from './contract.js';
+import { RedisHistory } from './redis-history.js';
+
+export { historyEpochKey, historyStreamKey, RedisHistory } from './redis-history.js';
 
 /** node-redis's reconnect strategy: a delay in ms, or `false`/an Error to give up. */
 type ReconnectStrategy = (retries: number, cause: Error) => number | false | Error;
@@ -24,7 +29,11 @@ export interface RedisClientLike {
   readonly isReady: boolean;
   readonly options?: { readonly url?: string; readonly socket?: object };
   connect(): Promise<unknown>;
-  duplicate(overrides?: { socket?: object }): RedisClientLike;
+  duplicate(overrides?: {
+    socket?: object;
+    disableOfflineQueue?: boolean;
+    name?: string;
+  }): RedisClientLike;
   publish(channel: string, message: Buffer): Promise<unknown>;
   subscribe(channel: string, listener: BufferListener, bufferMode: true): Promise<void>;
   unsubscribe(channel: string, listener: BufferListener, bufferMode: true): Promise<void>;
@@ -60,6 +69,15 @@ export interface RedisPubSubCommonOptions {
   maxReconnectDelay?: number;
   /** How long `disconnect()` lets pending commands finish before cutting the connection, in ms; default 2000. */
   closeTimeout?: number;
+  /**
+   * Keeps a history per topic root in a Redis stream and sets
+   * `pubsub.history` (a {@link RedisHistory}; keys and positions in
+   * lib/pubsub/redis-history.ts); off when absent. `publish()` then
+   * appends with XADD (and still PUBLISHes, so `subscribe()` keeps
+   * working) and resolves once both replied. The constructor throws a
+   * RangeError for a bound that is not a positive integer.
+   */
+  history?: HistoryOptions;
 }
 
 /**
@@ -103,6 +121,8 @@ interface Connections {
   ownsPublisher: boolean;
   /** Removes the status listeners from a shared client (an owned one keeps them: see #open). */
   detach(): void;
+  /** A new connection like the subscriber (same reconnect rules), offline queue off: for a history follower. */
+  dedicated(): RedisClientLike;
 }
 
 /**
@@ -143,6 +163,7 @@ export class RedisPubSub implements PubSubClient {
   #closing: Promise<void> | undefined;
   /** Bumped by `disconnect()`: events and work of an older generation are ignored. */
   #generation = 0;
+  readonly #history: RedisHistory | undefined;
 
   /**
    * Creates the client; nothing happens on the network until `connect()`.
@@ -152,6 +173,19 @@ export class RedisPubSub implements PubSubClient {
   constructor(options: RedisPubSubOptions = {}) {
     this.#options = options;
     this.#onError = options.onError ?? (() => undefined);
+    this.#history = options.history
+      ? new RedisHistory(resolveHistoryOptions(options.history), {
+          publisher: (operation) => this.#ready(operation, 'publisher').publisher,
+          dedicated: () => this.#ready('follow', 'publisher').dedicated(),
+          wrap: (error, what) => this.#wrap(error, what),
+          report: (error) => this.#report(error),
+        })
+      : undefined;
+  }
+
+  /** The topic history over Redis Streams, when the `history` option is set; undefined otherwise. */
+  get history(): RedisHistory | undefined {
+    return this.#history;
   }
 
   /** The current connection state. */
@@ -206,7 +240,15 @@ export class RedisPubSub implements PubSubClient {
       ? payload
       : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
     try {
-      await publisher.publish(subject, bytes);
+      if (this.#history) {
+        // Sent together (node-redis pipelines them); the history's XADD is the one that matters.
+        const published = publisher.publish(subject, bytes);
+        published.catch(() => undefined); // observed below, after the XADD
+        await this.#history.append(subject, bytes);
+        await published;
+      } else {
+        await publisher.publish(subject, bytes);
+      }
     } catch (error) {
       throw this.#wrap(error, `publish to ${subject}`);
     }
@@ -341,6 +383,7 @@ export class RedisPubSub implements PubSubClient {
         reconnectDelay: _delay,
         maxReconnectDelay: _maxDelay,
         closeTimeout: _closeTimeout,
+        history: _history,
         client: _client,
         ...clientOptions
       } = options;
@@ -361,6 +404,23 @@ export class RedisPubSub implements PubSubClient {
         reconnectStrategy: strategyFor(subscriberState, parentSocket?.reconnectStrategy),
       },
     });
+    const dedicated = (): RedisClientLike => {
+      const state = { ready: false };
+      const client = publisher.duplicate({
+        name: 'pushwire-history-follower',
+        // A command queued while offline would run after the reconnect, before the follower
+        // has checked the epoch; it must fail instead, and the follower retries when ready.
+        disableOfflineQueue: true,
+        socket: {
+          ...parentSocket,
+          reconnectStrategy: strategyFor(state, parentSocket?.reconnectStrategy),
+        },
+      });
+      client.on('ready', () => {
+        state.ready = true;
+      });
+      return client;
+    };
     const detachPublisher = this.#listen(publisher, publisherState, generation);
     this.#listen(subscriber, subscriberState, generation);
     return {
@@ -371,6 +431,7 @@ export class RedisPubSub implements PubSubClient {
       // Listeners stay on the connections we own: node-redis throws an 'error' event without
       // a listener, and a closing connection can still emit one.
       detach: ownsPublisher ? () => undefined : detachPublisher,
+      dedicated,
     };
   }
 
@@ -465,6 +526,7 @@ export class RedisPubSub implements PubSubClient {
     this.#connections = undefined;
     for (const record of this.#subs) record.active = false;
     this.#subs.clear();
+    await this.#history?.stopAll();
     if (connections) await this.#release(connections, this.#options.closeTimeout ?? 2000);
     if (this.#status !== 'closed') this.#setStatus('closed');
   }
