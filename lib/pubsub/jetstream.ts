@@ -1,0 +1,648 @@
+/**
+ * Topic history on NATS JetStream, for {@link NatsPubSub}'s `history`
+ * option: one stream per topic, positions from its sequence numbers, live
+ * delivery and replay read out of that same stream.
+ *
+ * - **The stream.** Topic `events` is stored in the stream
+ *   {@link streamName}(`events`) = `PUSHWIRE_events`, over the subjects
+ *   `events` and `events.>`, file storage, limits retention, `max_msgs` =
+ *   `maxEvents`, `max_age` = `maxAge`, oldest discarded first. It is created
+ *   on first use of the topic (`follow`, `read`, or a publish on one of its
+ *   subjects once the topic is known), and updated when it exists with other
+ *   bounds or subjects. When another stream already captures the subjects
+ *   (one an operator made), that stream is used as it is.
+ * - **Positions** are `<epoch>:<stream sequence>`. The epoch is the stream's
+ *   creation time (nanoseconds, base 36): it survives broker restarts (the
+ *   file store keeps it) and changes when the stream is deleted and made
+ *   again, so that an old position is never taken for a new one.
+ * - **Live delivery** (`follow`) is an ordered consumer, the NATS client's
+ *   gapless in-order reader: it checks every delivery sequence and recreates
+ *   its consumer after the last stream sequence it saw whenever something is
+ *   missing, a reconnection included. Each new consumer's stream is checked
+ *   against the epoch before its messages are delivered.
+ * - **Replay** (`read`) is an ordered consumer too, started at `since` + 1
+ *   and deleted after the read. (Direct batch gets need nats-server 2.11;
+ *   a consumer works on every JetStream server this driver supports.)
+ */
+import type {
+  ConsumerMessages,
+  JetStreamClient,
+  JetStreamManager,
+  JsMsg,
+  StreamConfig,
+  StreamInfo,
+} from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { NotConnectedError, PubSubError } from '../errors.js';
+import type {
+  HistoryEntry,
+  HistoryHandler,
+  HistoryRead,
+  ResolvedHistoryOptions,
+  TopicHistory,
+  Unsubscribe,
+} from './contract.js';
+
+/** The code of a PubSubError raised because the broker cannot be reached. */
+const UNREACHABLE = 'PUSH_PUBSUB_UNREACHABLE';
+
+/** The JetStream driver, an optional peer dependency: loaded on first use of a history. */
+type Driver = typeof import('@nats-io/jetstream');
+let driverLoad: Promise<Driver> | undefined;
+let driver: Driver | undefined;
+
+function loadDriver(): Promise<Driver> {
+  driverLoad ??= import('@nats-io/jetstream').then(
+    (module) => (driver = module),
+    (error: unknown) => {
+      driverLoad = undefined;
+      throw new PubSubError(
+        'NatsPubSub: the history option needs @nats-io/jetstream (npm install @nats-io/jetstream)',
+        'PUSH_PUBSUB',
+        { cause: error },
+      );
+    },
+  );
+  return driverLoad;
+}
+
+/** JetStream API error codes this module tells apart. */
+const STREAM_NOT_FOUND = 10059;
+const SUBJECTS_OVERLAP = 10065;
+
+/**
+ * How long a pull of the live consumer stays open, in ms. Shorter than the
+ * driver's 30 s default so that, after a broker restart, a consumer check
+ * that failed is retried within seconds (the driver backs off up to this).
+ */
+const FOLLOW_EXPIRES_MS = 5_000;
+/** How long a replay's pull may wait for messages known to be stored, in ms. */
+const READ_EXPIRES_MS = 5_000;
+/** A replay consumer left behind (its delete lost) is removed by the server after this, in ms. */
+const READ_INACTIVE_MS = 30_000;
+/** Bounds of the pause before a live consumer is opened again after it stopped, in ms. */
+const REOPEN_MIN_MS = 100;
+const REOPEN_MAX_MS = 5_000;
+
+/**
+ * The name of the stream that keeps `topic`'s history: `PUSHWIRE_` then the
+ * topic with every character other than `A-Z a-z 0-9 -` written `_XX` (its
+ * UTF-8 bytes in hex), so that distinct topics never share a stream:
+ * `events` → `PUSHWIRE_events`, `app.events` → `PUSHWIRE_app_2Eevents`.
+ */
+export function streamName(topic: string): string {
+  let escaped = '';
+  for (const byte of new TextEncoder().encode(topic)) {
+    const char = String.fromCharCode(byte);
+    escaped += /[A-Za-z0-9-]/.test(char)
+      ? char
+      : `_${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return `PUSHWIRE_${escaped}`;
+}
+
+/**
+ * The epoch of a stream: its creation time (`created`, RFC 3339 with up to
+ * nanoseconds) as nanoseconds since 1970 in base 36. A timestamp that does
+ * not parse is kept as its letters and digits, still unique to the stream.
+ */
+export function streamEpoch(created: string): string {
+  const match = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$/.exec(created);
+  const ms = match ? Date.parse(`${match[1]}${match[3]}`) : Number.NaN;
+  if (!match || Number.isNaN(ms)) return created.toLowerCase().replace(/[^0-9a-z]/g, '') || '0';
+  const nanos = BigInt(ms) * 1_000_000n + BigInt((match[2] ?? '').padEnd(9, '0'));
+  return nanos.toString(36);
+}
+
+/** A position taken apart; undefined when it does not parse. */
+export function parsePosition(position: string): { epoch: string; seq: number } | undefined {
+  if (typeof position !== 'string') return undefined;
+  const colon = position.lastIndexOf(':');
+  const epoch = position.slice(0, colon);
+  const digits = position.slice(colon + 1);
+  if (colon < 1 || !/^[0-9a-z]+$/.test(epoch) || !/^(0|[1-9][0-9]{0,15})$/.test(digits)) {
+    return undefined;
+  }
+  const seq = Number(digits);
+  return Number.isSafeInteger(seq) ? { epoch, seq } : undefined;
+}
+
+/** What {@link JetStreamHistory} needs of its {@link NatsPubSub}. */
+export interface JetStreamHistoryHost {
+  /** The open connection, or throws the rejection to give (NotConnectedError, unreachable). */
+  connection(operation: string): NatsConnection;
+  /** Reports what must not escape (a handler that threw, a consumer that failed). */
+  report(error: unknown): void;
+}
+
+/** The JetStream clients of one connection. */
+interface Clients {
+  connection: NatsConnection;
+  js: JetStreamClient;
+  jsm?: JetStreamManager;
+}
+
+/**
+ * The {@link TopicHistory} of a {@link NatsPubSub} whose `history` option is
+ * set; it also carries that backend's publish path. Internal to the NATS
+ * backend: applications reach it as `pubsub.history`.
+ */
+export class JetStreamHistory implements TopicHistory {
+  /** The bounds of every stream this history creates. */
+  readonly options: ResolvedHistoryOptions;
+  readonly #host: JetStreamHistoryHost;
+  #clients: Clients | undefined;
+  /** Topic → the stream that keeps it, once ensured on the broker. */
+  readonly #streams = new Map<string, Promise<string>>();
+  /** Every topic followed or read: publish makes the stream of the one above a subject again. */
+  readonly #topics = new Set<string>();
+  readonly #followers = new Set<Follower>();
+
+  /** Creates the history; nothing happens on the network until it is used. */
+  constructor(options: ResolvedHistoryOptions, host: JetStreamHistoryHost) {
+    this.options = options;
+    this.#host = host;
+  }
+
+  /**
+   * Publishes through JetStream: resolves once the stream stored the payload
+   * (its PubAck). When no stream answers for the subject, the stream of the
+   * known topic above the subject is made again (it may have been deleted)
+   * and the publish is tried once more. Rejects with a PubSubError
+   * `PUSH_PUBSUB_UNREACHABLE` when the broker or JetStream does not answer
+   * (a publish that timed out may still have been stored), `PUSH_PUBSUB`
+   * when no stream stores the subject and this client knows no topic above
+   * it, or when JetStream refuses the message; NotConnectedError once the
+   * connection is closed.
+   */
+  async publish(subject: string, payload: Uint8Array): Promise<void> {
+    const { js } = await this.#use('publish');
+    try {
+      await js.publish(subject, payload);
+      return;
+    } catch (error) {
+      if (!isNoStream(error)) throw wrap(error, `publish to ${subject}`);
+    }
+    const topic = this.#topicOf(subject);
+    if (topic === undefined) {
+      throw new PubSubError(
+        `NatsPubSub: publish to ${subject}: no JetStream stream stores this subject; follow or read its topic first, so that its stream is made`,
+        'PUSH_PUBSUB',
+      );
+    }
+    await this.#ensure(topic, true);
+    try {
+      await (await this.#use('publish')).js.publish(subject, payload);
+    } catch (error) {
+      throw wrap(error, `publish to ${subject}`);
+    }
+  }
+
+  /**
+   * Delivers every payload stored under `topic` after the stream's last
+   * sequence at the time of the call, in order, once each, with its
+   * position — across reconnections and broker restarts (the file store
+   * keeps the stream). When the stream is deleted and made again, delivery
+   * goes on from the start of the new stream, positions in its new epoch.
+   * Rejects like `publish()` when the broker cannot be reached. The returned
+   * function stops delivery; idempotent.
+   */
+  async follow(topic: string, handler: HistoryHandler): Promise<Unsubscribe> {
+    const name = await this.#ensure(topic, false);
+    const info = await this.#info(topic, name);
+    const follower = new Follower(this, topic, info, handler);
+    this.#followers.add(follower);
+    try {
+      await follower.open();
+    } catch (error) {
+      follower.stop();
+      this.#followers.delete(follower);
+      throw wrap(error, `follow ${topic}`);
+    }
+    return async () => {
+      follower.stop();
+      this.#followers.delete(follower);
+    };
+  }
+
+  /**
+   * The stored events of `topic` after `since`, oldest first, at most `max`
+   * (a positive integer, else a RangeError). `recovered` is false, with no
+   * entries, for a `since` that does not parse, is of another epoch, is past
+   * the newest event, or whose successor was trimmed. Rejects with a
+   * PubSubError when the broker cannot be reached.
+   */
+  async read(topic: string, since: string, max: number): Promise<HistoryRead> {
+    if (!Number.isSafeInteger(max) || max < 1) {
+      throw new RangeError(`history.read: max must be a positive integer, got ${String(max)}`);
+    }
+    const name = await this.#ensure(topic, false);
+    const info = await this.#info(topic, name);
+    const epoch = streamEpoch(info.created);
+    const { first_seq: first, last_seq: last } = info.state;
+    const head = `${epoch}:${last}`;
+    const from = parsePosition(since);
+    const lost: HistoryRead = { recovered: false, entries: [], more: false, head };
+    if (!from || from.epoch !== epoch || from.seq > last || from.seq < first - 1) return lost;
+    if (from.seq === last) return { recovered: true, entries: [], more: false, head };
+
+    const { entries, more, firstSeq } = await this.#fetch(name, epoch, from.seq + 1, max, last);
+    // What was read must come from the stream whose state was checked, and nothing
+    // between `since` and the first entry may have been trimmed meanwhile.
+    const after = await this.#info(topic, name);
+    if (streamEpoch(after.created) !== epoch) return lost;
+    if (
+      firstSeq !== undefined &&
+      firstSeq !== from.seq + 1 &&
+      after.state.first_seq > from.seq + 1
+    ) {
+      return lost;
+    }
+    if (firstSeq === undefined && after.state.first_seq > from.seq + 1) return lost;
+    return { recovered: true, entries, more, head };
+  }
+
+  /** Orders two positions of one epoch by sequence; NaN when either does not parse or their epochs differ. */
+  compare(a: string, b: string): number {
+    const left = parsePosition(a);
+    const right = parsePosition(b);
+    if (!left || !right || left.epoch !== right.epoch) return Number.NaN;
+    return Math.sign(left.seq - right.seq);
+  }
+
+  /** Stops every live delivery; the streams stay. Called by the backend's `disconnect()`. */
+  close(): void {
+    for (const follower of this.#followers) follower.stop();
+    this.#followers.clear();
+    this.#clients = undefined;
+    this.#streams.clear();
+  }
+
+  /** The JetStream clients of the current connection (made again after `connect()` gives a new one). */
+  async #use(operation: string): Promise<Clients> {
+    const connection = this.#host.connection(operation);
+    const { jetstream } = driver ?? (await loadDriver());
+    if (this.#clients?.connection !== connection) {
+      // checkAPI off: no account-info round trip; a broker without JetStream shows on first use.
+      this.#clients = { connection, js: jetstream(connection, { checkAPI: false }) };
+    }
+    return this.#clients;
+  }
+
+  async #manager(operation: string): Promise<JetStreamManager> {
+    const clients = await this.#use(operation);
+    const { jetstreamManager } = driver ?? (await loadDriver());
+    // Asynchronous only for its optional API check, which is off: no round trip.
+    clients.jsm ??= await jetstreamManager(clients.connection, { checkAPI: false });
+    return clients.jsm;
+  }
+
+  /** The longest known topic that `subject` is or lies under. */
+  #topicOf(subject: string): string | undefined {
+    let found: string | undefined;
+    for (const topic of this.#topics) {
+      const under = subject === topic || subject.startsWith(`${topic}.`);
+      if (under && (found === undefined || topic.length > found.length)) found = topic;
+    }
+    return found;
+  }
+
+  /** The name of the stream that keeps `topic`, made or updated on the broker once (again when `again`). */
+  #ensure(topic: string, again: boolean): Promise<string> {
+    this.#topics.add(topic);
+    let pending = again ? undefined : this.#streams.get(topic);
+    if (!pending) {
+      const attempt = this.#makeStream(topic);
+      pending = attempt;
+      this.#streams.set(topic, attempt);
+      // A failed attempt is not remembered: the next use tries again.
+      attempt.catch(() => {
+        if (this.#streams.get(topic) === attempt) this.#streams.delete(topic);
+      });
+    }
+    return pending;
+  }
+
+  async #makeStream(topic: string): Promise<string> {
+    const jsm = await this.#manager(`history of ${topic}`);
+    const { StorageType, RetentionPolicy, DiscardPolicy } = driver ?? (await loadDriver());
+    const name = streamName(topic);
+    const wanted: Partial<StreamConfig> & { name: string; subjects: string[] } = {
+      name,
+      subjects: [topic, `${topic}.>`],
+      max_msgs: this.options.maxEvents,
+      max_age: this.options.maxAge * 1_000_000,
+      storage: StorageType.File,
+      retention: RetentionPolicy.Limits,
+      discard: DiscardPolicy.Old,
+    };
+    try {
+      let info: StreamInfo;
+      try {
+        info = await jsm.streams.info(name);
+      } catch (error) {
+        if (apiCode(error) !== STREAM_NOT_FOUND) throw error;
+        try {
+          await jsm.streams.add(wanted);
+          return name;
+        } catch (addError) {
+          if (apiCode(addError) === SUBJECTS_OVERLAP) {
+            // An operator's stream already stores these subjects: use it, bounds and all.
+            return await jsm.streams.find(topic);
+          }
+          // Another server made it first, with other bounds: update it like an existing one.
+          info = await jsm.streams.info(name);
+        }
+      }
+      const { config } = info;
+      const same =
+        config.max_msgs === wanted.max_msgs &&
+        config.max_age === wanted.max_age &&
+        config.subjects?.length === 2 &&
+        config.subjects.includes(topic) &&
+        config.subjects.includes(`${topic}.>`);
+      if (!same) {
+        await jsm.streams.update(name, {
+          subjects: wanted.subjects,
+          max_msgs: this.options.maxEvents,
+          max_age: this.options.maxAge * 1_000_000,
+        });
+      }
+      return name;
+    } catch (error) {
+      throw wrap(error, `make the JetStream stream ${name} for ${topic}`);
+    }
+  }
+
+  /** The stream's info; when it is gone, it is made again first (a new epoch). */
+  async #info(topic: string, name: string): Promise<StreamInfo> {
+    const jsm = await this.#manager(`history of ${topic}`);
+    try {
+      return await jsm.streams.info(name);
+    } catch (error) {
+      if (apiCode(error) !== STREAM_NOT_FOUND) throw wrap(error, `read the stream ${name}`);
+    }
+    const again = await this.#ensure(topic, true);
+    try {
+      return await jsm.streams.info(again);
+    } catch (error) {
+      throw wrap(error, `read the stream ${again}`);
+    }
+  }
+
+  /** Reads up to `max` messages from `start` with a throwaway ordered consumer. */
+  async #fetch(
+    name: string,
+    epoch: string,
+    start: number,
+    max: number,
+    last: number,
+  ): Promise<{ entries: HistoryEntry[]; more: boolean; firstSeq: number | undefined }> {
+    const { js } = await this.#use('read');
+    const entries: HistoryEntry[] = [];
+    let pending = 0;
+    let firstSeq: number | undefined;
+    // Never ask for more than is stored: the pull then ends on its last message, not on a timeout.
+    const batch = Math.min(max, last - start + 1);
+    try {
+      const consumer = await js.consumers.get(name, {
+        opt_start_seq: start,
+        inactive_threshold: READ_INACTIVE_MS,
+      });
+      try {
+        const messages = await consumer.fetch({ max_messages: batch, expires: READ_EXPIRES_MS });
+        for await (const msg of messages) {
+          firstSeq ??= msg.seq;
+          // A copy: the entry outlives the driver's buffer.
+          entries.push({
+            payload: msg.data.slice(),
+            subject: msg.subject,
+            position: `${epoch}:${msg.seq}`,
+          });
+          pending = msg.info.pending;
+          if (entries.length >= batch || pending === 0) break;
+        }
+      } finally {
+        consumer.delete().catch(() => undefined);
+      }
+    } catch (error) {
+      throw wrap(error, `read the stream ${name}`);
+    }
+    return { entries, more: entries.length >= max && pending > 0, firstSeq };
+  }
+
+  /** @internal For {@link Follower}. */
+  clients(operation: string): Promise<Clients> {
+    return this.#use(operation);
+  }
+
+  /** @internal For {@link Follower}. */
+  streamInfo(topic: string, name: string): Promise<StreamInfo> {
+    return this.#info(topic, name);
+  }
+
+  /** @internal For {@link Follower}. */
+  report(error: unknown): void {
+    this.#host.report(error);
+  }
+}
+
+/**
+ * One `follow()`: an ordered consumer whose messages are handed on in
+ * order. A message from a consumer not seen before (the driver recreated it
+ * after a gap or a reconnection) waits, with those after it, until the
+ * stream's epoch is checked: same epoch, they go on; a new epoch (the stream
+ * was made again), delivery restarts from the new stream's first message.
+ */
+class Follower {
+  readonly #history: JetStreamHistory;
+  readonly #topic: string;
+  readonly #handler: HistoryHandler;
+  #stream: string;
+  #epoch: string;
+  /** The sequence of the last message handed on (or the start point). */
+  #seq: number;
+  #messages: ConsumerMessages | undefined;
+  /** The consumer whose stream was checked to be the current epoch's. */
+  #verified: string | undefined;
+  readonly #held: JsMsg[] = [];
+  #checking = false;
+  #active = true;
+  #reopenDelay = REOPEN_MIN_MS;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(history: JetStreamHistory, topic: string, info: StreamInfo, handler: HistoryHandler) {
+    this.#history = history;
+    this.#topic = topic;
+    this.#handler = handler;
+    this.#stream = info.config.name;
+    this.#epoch = streamEpoch(info.created);
+    this.#seq = info.state.last_seq;
+  }
+
+  /** Opens an ordered consumer after the last message handed on; resolves once it exists on the server. */
+  async open(): Promise<void> {
+    const { js } = await this.#history.clients(`follow ${this.#topic}`);
+    const consumer = await js.consumers.get(this.#stream, { opt_start_seq: this.#seq + 1 });
+    if (!this.#active) {
+      consumer.delete().catch(() => undefined);
+      return;
+    }
+    this.#verified = (await consumer.info(true)).name;
+    const messages = await consumer.consume({
+      expires: FOLLOW_EXPIRES_MS,
+      callback: (msg) => this.#receive(messages, msg),
+    });
+    this.#messages = messages;
+    this.#watch(messages);
+    if (!this.#active) await messages.close();
+  }
+
+  /** Stops delivery and the consumer; idempotent. */
+  stop(): void {
+    this.#active = false;
+    clearTimeout(this.#timer);
+    this.#held.length = 0;
+    const messages = this.#messages;
+    this.#messages = undefined;
+    messages?.close().catch(() => undefined);
+  }
+
+  #receive(from: ConsumerMessages, msg: JsMsg): void {
+    if (!this.#active || from !== this.#messages) return;
+    if (this.#checking || msg.info.consumer !== this.#verified) {
+      this.#held.push(msg);
+      if (!this.#checking) void this.#check(from, msg.info.consumer);
+      return;
+    }
+    this.#deliver(msg);
+  }
+
+  #deliver(msg: JsMsg): void {
+    // After a restart from an older sequence, what was handed on already is not handed on twice.
+    if (msg.seq <= this.#seq) return;
+    this.#seq = msg.seq;
+    try {
+      this.#handler(msg.data, msg.subject, `${this.#epoch}:${msg.seq}`);
+    } catch (error) {
+      this.#history.report(error);
+    }
+  }
+
+  /** Checks the epoch for the messages of `consumer`, then releases what was held. */
+  async #check(from: ConsumerMessages, consumer: string): Promise<void> {
+    this.#checking = true;
+    let info: StreamInfo | undefined;
+    while (this.#active && from === this.#messages && info === undefined) {
+      try {
+        info = await this.#history.streamInfo(this.#topic, this.#stream);
+      } catch (error) {
+        this.#history.report(error);
+        await new Promise<void>((resolve) => {
+          this.#timer = setTimeout(resolve, this.#reopenDelay);
+        });
+        this.#reopenDelay = Math.min(this.#reopenDelay * 2, REOPEN_MAX_MS);
+      }
+    }
+    this.#checking = false;
+    if (!info || !this.#active || from !== this.#messages) return;
+    this.#reopenDelay = REOPEN_MIN_MS;
+    const epoch = streamEpoch(info.created);
+    if (epoch !== this.#epoch || info.config.name !== this.#stream) {
+      // A new stream: everything in it is new to this follower.
+      this.#held.length = 0;
+      this.#stream = info.config.name;
+      this.#epoch = epoch;
+      this.#seq = 0;
+      this.#replace(from);
+      return;
+    }
+    this.#verified = consumer;
+    while (this.#held.length > 0) {
+      const next = this.#held[0];
+      if (next === undefined) break;
+      if (next.info.consumer !== this.#verified) {
+        void this.#check(from, next.info.consumer);
+        return;
+      }
+      this.#held.shift();
+      this.#deliver(next);
+    }
+  }
+
+  /** Notices a consumer that stopped, or a stream that went away, and opens a new consumer. */
+  #watch(messages: ConsumerMessages): void {
+    void (async () => {
+      for await (const status of messages.status()) {
+        if (status.type === 'stream_not_found' || status.type === 'consumer_deleted') {
+          // The driver would wait for the stream forever; make it again and start anew.
+          if (this.#active && messages === this.#messages && !this.#checking) {
+            this.#held.length = 0;
+            void this.#check(messages, '');
+          }
+        }
+      }
+    })().catch(() => undefined);
+    messages
+      .closed()
+      .then((why) => {
+        if (!this.#active || messages !== this.#messages) return;
+        if (why instanceof Error) this.#history.report(why);
+        this.#replace(messages);
+      })
+      .catch(() => undefined);
+  }
+
+  /** Closes `old` (if still current) and opens a consumer after the last message handed on. */
+  #replace(old: ConsumerMessages): void {
+    if (this.#messages === old) this.#messages = undefined;
+    old.close().catch(() => undefined);
+    const attempt = (): void => {
+      if (!this.#active || this.#messages !== undefined) return;
+      this.open().then(
+        () => {
+          this.#reopenDelay = REOPEN_MIN_MS;
+        },
+        (error: unknown) => {
+          this.#history.report(error);
+          this.#timer = setTimeout(attempt, this.#reopenDelay);
+          this.#reopenDelay = Math.min(this.#reopenDelay * 2, REOPEN_MAX_MS);
+        },
+      );
+    };
+    attempt();
+  }
+}
+
+/** The JetStream API error code of `error`, if it is one. */
+function apiCode(error: unknown): number | undefined {
+  return driver && error instanceof driver.JetStreamApiError ? error.code : undefined;
+}
+
+/** True when no stream answered a JetStream publish (the driver calls it "not enabled"). */
+function isNoStream(error: unknown): boolean {
+  return error instanceof Error && error.name === 'JetStreamNotEnabled';
+}
+
+/** A driver error as the PubSubError the contract promises. */
+function wrap(error: unknown, what: string): PubSubError {
+  if (error instanceof PubSubError) return error;
+  const message = error instanceof Error ? error.message : String(error);
+  const name = error instanceof Error ? error.name : '';
+  if (name === 'ClosedConnectionError') {
+    return new NotConnectedError(`NatsPubSub: ${what}: the connection is closed`, { cause: error });
+  }
+  // No answer (the broker is going away, JetStream is restarting): the caller may retry.
+  const transient =
+    name === 'TimeoutError' ||
+    name === 'JetStreamNotEnabled' ||
+    name === 'NoRespondersError' ||
+    (name === 'RequestError' && /no responders|timeout/i.test(message));
+  return new PubSubError(
+    `NatsPubSub: ${what}: ${message}`,
+    transient ? UNREACHABLE : 'PUSH_PUBSUB',
+    {
+      cause: error,
+    },
+  );
+}
