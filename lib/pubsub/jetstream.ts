@@ -66,6 +66,9 @@ function loadDriver(): Promise<Driver> {
   return driverLoad;
 }
 
+/** The code of the PubSubError of a stream that is gone, when it is not to be made again. */
+const NO_STREAM = 'PUSH_PUBSUB_NO_STREAM';
+
 /** JetStream API error codes this module tells apart. */
 const STREAM_NOT_FOUND = 10059;
 const SUBJECTS_OVERLAP = 10065;
@@ -154,6 +157,8 @@ export class JetStreamHistory implements TopicHistory {
   #clients: Clients | undefined;
   /** Topic → the stream that keeps it, once ensured on the broker. */
   readonly #streams = new Map<string, Promise<string>>();
+  /** The attempts of `#streams` still in flight. */
+  readonly #making = new Set<Promise<string>>();
   /** Every topic followed or read: publish makes the stream of the one above a subject again. */
   readonly #topics = new Set<string>();
   readonly #followers = new Set<Follower>();
@@ -310,17 +315,26 @@ export class JetStreamHistory implements TopicHistory {
   /** The name of the stream that keeps `topic`, made or updated on the broker once (again when `again`). */
   #ensure(topic: string, again: boolean): Promise<string> {
     this.#topics.add(topic);
-    let pending = again ? undefined : this.#streams.get(topic);
-    if (!pending) {
-      const attempt = this.#makeStream(topic);
-      pending = attempt;
-      this.#streams.set(topic, attempt);
-      // A failed attempt is not remembered: the next use tries again.
-      attempt.catch(() => {
+    const known = this.#streams.get(topic);
+    // An attempt in flight is shared, even when asked again: two creations of one stream
+    // racing with its deletion can leave nats-server with a broken store.
+    if (known && (!again || this.#making.has(known))) return known;
+    const attempt = this.#makeStream(topic);
+    this.#streams.set(topic, attempt);
+    this.#making.add(attempt);
+    attempt.then(
+      () => {
+        this.#making.delete(attempt);
+        // Made again: the followers of this client need not wait for heartbeats to notice.
+        if (again) for (const follower of this.#followers) follower.recheck(topic);
+      },
+      () => {
+        this.#making.delete(attempt);
+        // A failed attempt is not remembered: the next use tries again.
         if (this.#streams.get(topic) === attempt) this.#streams.delete(topic);
-      });
-    }
-    return pending;
+      },
+    );
+    return attempt;
   }
 
   async #makeStream(topic: string): Promise<string> {
@@ -374,13 +388,22 @@ export class JetStreamHistory implements TopicHistory {
     }
   }
 
-  /** The stream's info; when it is gone, it is made again first (a new epoch). */
-  async #info(topic: string, name: string): Promise<StreamInfo> {
+  /**
+   * The stream's info. When it is gone it is made again first (a new
+   * epoch), unless `make` is false: it then rejects with a PubSubError of
+   * code `PUSH_PUBSUB_NO_STREAM`.
+   */
+  async #info(topic: string, name: string, make = true): Promise<StreamInfo> {
     const jsm = await this.#manager(`history of ${topic}`);
     try {
       return await jsm.streams.info(name);
     } catch (error) {
       if (apiCode(error) !== STREAM_NOT_FOUND) throw wrap(error, `read the stream ${name}`);
+      if (!make) {
+        throw new PubSubError(`NatsPubSub: the stream ${name} is gone`, NO_STREAM, {
+          cause: error,
+        });
+      }
     }
     const again = await this.#ensure(topic, true);
     try {
@@ -431,14 +454,16 @@ export class JetStreamHistory implements TopicHistory {
     return { entries, more: entries.length >= max && pending > 0, firstSeq };
   }
 
-  /** @internal For {@link Follower}. */
-  clients(operation: string): Promise<Clients> {
-    return this.#use(operation);
+  /** @internal For {@link Follower}: the clients, the manager included. */
+  async clients(operation: string): Promise<Required<Clients>> {
+    const jsm = await this.#manager(operation);
+    const clients = await this.#use(operation);
+    return { ...clients, jsm };
   }
 
   /** @internal For {@link Follower}. */
-  streamInfo(topic: string, name: string): Promise<StreamInfo> {
-    return this.#info(topic, name);
+  streamInfo(topic: string, name: string, make: boolean): Promise<StreamInfo> {
+    return this.#info(topic, name, make);
   }
 
   /** @internal For {@link Follower}. */
@@ -449,10 +474,14 @@ export class JetStreamHistory implements TopicHistory {
 
 /**
  * One `follow()`: an ordered consumer whose messages are handed on in
- * order. A message from a consumer not seen before (the driver recreated it
- * after a gap or a reconnection) waits, with those after it, until the
- * stream's epoch is checked: same epoch, they go on; a new epoch (the stream
- * was made again), delivery restarts from the new stream's first message.
+ * order, each once. Every consumer it opens is checked to read the stream
+ * of the current epoch (a stream made again restarts delivery from its
+ * first message, in the new epoch). When the driver recreates the consumer
+ * by itself (after a gap, or when a restarted broker lost it), the follower
+ * opens a fresh one after the last message it handed on instead: the
+ * driver's recreated consumer keeps the pull accounting of the lost one
+ * and can stall for two heartbeats, and it was never checked against the
+ * epoch.
  */
 class Follower {
   readonly #history: JetStreamHistory;
@@ -463,13 +492,13 @@ class Follower {
   /** The sequence of the last message handed on (or the start point). */
   #seq: number;
   #messages: ConsumerMessages | undefined;
-  /** The consumer whose stream was checked to be the current epoch's. */
-  #verified: string | undefined;
-  readonly #held: JsMsg[] = [];
-  #checking = false;
+  /** The consumer whose messages are handed on: the one this follower opened last. */
+  #consumer: string | undefined;
   #active = true;
   #reopenDelay = REOPEN_MIN_MS;
   #timer: ReturnType<typeof setTimeout> | undefined;
+  /** The next attempt to open a consumer, while one is scheduled. */
+  #retry: (() => void) | undefined;
 
   constructor(history: JetStreamHistory, topic: string, info: StreamInfo, handler: HistoryHandler) {
     this.#history = history;
@@ -480,45 +509,76 @@ class Follower {
     this.#seq = info.state.last_seq;
   }
 
-  /** Opens an ordered consumer after the last message handed on; resolves once it exists on the server. */
+  /**
+   * Opens an ordered consumer after the last message handed on, on the
+   * stream of the current epoch; resolves once it exists on the server.
+   */
   async open(): Promise<void> {
-    const { js } = await this.#history.clients(`follow ${this.#topic}`);
-    const consumer = await js.consumers.get(this.#stream, { opt_start_seq: this.#seq + 1 });
-    if (!this.#active) {
-      consumer.delete().catch(() => undefined);
+    const { js, jsm } = await this.#history.clients(`follow ${this.#topic}`);
+    for (;;) {
+      // A follower never makes its stream again: it learns that the stream is gone while the
+      // deletion is still under way (its consumer is deleted first), and a stream made at that
+      // moment loses its files to the deletion (nats-server 2.9). A publish or a read makes it.
+      this.#adopt(await this.#history.streamInfo(this.#topic, this.#stream, false));
+      const consumer = await js.consumers.get(this.#stream, { opt_start_seq: this.#seq + 1 });
+      const { name } = await consumer.info(true);
+      // Made again between the two reads, the stream would give this consumer's messages
+      // a stale epoch: check once more, and start over on a change.
+      const after = await this.#history.streamInfo(this.#topic, this.#stream, false);
+      if (!this.#active || streamEpoch(after.created) !== this.#epoch) {
+        jsm.consumers.delete(this.#stream, name).catch(() => undefined);
+        if (!this.#active) return;
+        continue;
+      }
+      this.#consumer = name;
+      const messages = await consumer.consume({
+        expires: FOLLOW_EXPIRES_MS,
+        callback: (msg) => this.#receive(messages, msg),
+      });
+      this.#messages = messages;
+      this.#watch(messages);
+      if (!this.#active) await messages.close();
       return;
     }
-    this.#verified = (await consumer.info(true)).name;
-    const messages = await consumer.consume({
-      expires: FOLLOW_EXPIRES_MS,
-      callback: (msg) => this.#receive(messages, msg),
-    });
-    this.#messages = messages;
-    this.#watch(messages);
-    if (!this.#active) await messages.close();
+  }
+
+  /** Opens a fresh consumer (checking the epoch) when `topic` is this follower's: its stream was made again. */
+  recheck(topic: string): void {
+    if (topic !== this.#topic || !this.#active) return;
+    if (this.#messages) {
+      this.#replace(this.#messages);
+    } else if (this.#retry) {
+      // Waiting for the stream to come back: it is back, no need to wait for the timer.
+      clearTimeout(this.#timer);
+      this.#retry();
+    }
   }
 
   /** Stops delivery and the consumer; idempotent. */
   stop(): void {
     this.#active = false;
     clearTimeout(this.#timer);
-    this.#held.length = 0;
     const messages = this.#messages;
     this.#messages = undefined;
     messages?.close().catch(() => undefined);
   }
 
-  #receive(from: ConsumerMessages, msg: JsMsg): void {
-    if (!this.#active || from !== this.#messages) return;
-    if (this.#checking || msg.info.consumer !== this.#verified) {
-      this.#held.push(msg);
-      if (!this.#checking) void this.#check(from, msg.info.consumer);
-      return;
-    }
-    this.#deliver(msg);
+  /** Takes the stream's epoch; a new one means a new stream, read from its start. */
+  #adopt(info: StreamInfo): void {
+    const epoch = streamEpoch(info.created);
+    if (epoch === this.#epoch && info.config.name === this.#stream) return;
+    this.#stream = info.config.name;
+    this.#epoch = epoch;
+    this.#seq = 0;
   }
 
-  #deliver(msg: JsMsg): void {
+  #receive(from: ConsumerMessages, msg: JsMsg): void {
+    if (!this.#active || from !== this.#messages) return;
+    if (msg.info.consumer !== this.#consumer) {
+      // The driver recreated the consumer (see the class comment): not handed on, read again.
+      this.#replace(from);
+      return;
+    }
     // After a restart from an older sequence, what was handed on already is not handed on twice.
     if (msg.seq <= this.#seq) return;
     this.#seq = msg.seq;
@@ -529,57 +589,27 @@ class Follower {
     }
   }
 
-  /** Checks the epoch for the messages of `consumer`, then releases what was held. */
-  async #check(from: ConsumerMessages, consumer: string): Promise<void> {
-    this.#checking = true;
-    let info: StreamInfo | undefined;
-    while (this.#active && from === this.#messages && info === undefined) {
-      try {
-        info = await this.#history.streamInfo(this.#topic, this.#stream);
-      } catch (error) {
-        this.#history.report(error);
-        await new Promise<void>((resolve) => {
-          this.#timer = setTimeout(resolve, this.#reopenDelay);
-        });
-        this.#reopenDelay = Math.min(this.#reopenDelay * 2, REOPEN_MAX_MS);
-      }
-    }
-    this.#checking = false;
-    if (!info || !this.#active || from !== this.#messages) return;
-    this.#reopenDelay = REOPEN_MIN_MS;
-    const epoch = streamEpoch(info.created);
-    if (epoch !== this.#epoch || info.config.name !== this.#stream) {
-      // A new stream: everything in it is new to this follower.
-      this.#held.length = 0;
-      this.#stream = info.config.name;
-      this.#epoch = epoch;
-      this.#seq = 0;
-      this.#replace(from);
-      return;
-    }
-    this.#verified = consumer;
-    while (this.#held.length > 0) {
-      const next = this.#held[0];
-      if (next === undefined) break;
-      if (next.info.consumer !== this.#verified) {
-        void this.#check(from, next.info.consumer);
-        return;
-      }
-      this.#held.shift();
-      this.#deliver(next);
-    }
-  }
-
-  /** Notices a consumer that stopped, or a stream that went away, and opens a new consumer. */
+  /** Replaces the consumer when the driver recreated it, lost its stream, or stopped. */
   #watch(messages: ConsumerMessages): void {
+    const stream = this.#stream;
     void (async () => {
       for await (const status of messages.status()) {
-        if (status.type === 'stream_not_found' || status.type === 'consumer_deleted') {
-          // The driver would wait for the stream forever; make it again and start anew.
-          if (this.#active && messages === this.#messages && !this.#checking) {
-            this.#held.length = 0;
-            void this.#check(messages, '');
-          }
+        if (messages !== this.#messages) break;
+        switch (status.type) {
+          case 'ordered_consumer_recreated':
+            this.#replace(messages);
+            void this.#history
+              .clients(`follow ${this.#topic}`)
+              .then(({ jsm }) => jsm.consumers.delete(stream, status.name))
+              .catch(() => undefined);
+            break;
+          case 'stream_not_found':
+          case 'consumer_deleted':
+            // The driver would wait for the stream forever; open() makes it again.
+            this.#replace(messages);
+            break;
+          default:
+            break;
         }
       }
     })().catch(() => undefined);
@@ -593,18 +623,24 @@ class Follower {
       .catch(() => undefined);
   }
 
-  /** Closes `old` (if still current) and opens a consumer after the last message handed on. */
+  /** Closes `old` (when it is still the current one) and opens a consumer after the last message handed on. */
   #replace(old: ConsumerMessages): void {
-    if (this.#messages === old) this.#messages = undefined;
+    if (!this.#active || this.#messages !== old) return;
+    this.#messages = undefined;
     old.close().catch(() => undefined);
     const attempt = (): void => {
+      this.#retry = undefined;
       if (!this.#active || this.#messages !== undefined) return;
       this.open().then(
         () => {
           this.#reopenDelay = REOPEN_MIN_MS;
         },
         (error: unknown) => {
-          this.#history.report(error);
+          // A stream that is gone is waited for quietly: it comes back with the next publish.
+          if (!(error instanceof PubSubError && error.code === NO_STREAM)) {
+            this.#history.report(error);
+          }
+          this.#retry = attempt;
           this.#timer = setTimeout(attempt, this.#reopenDelay);
           this.#reopenDelay = Math.min(this.#reopenDelay * 2, REOPEN_MAX_MS);
         },
@@ -632,8 +668,12 @@ function wrap(error: unknown, what: string): PubSubError {
   if (name === 'ClosedConnectionError') {
     return new NotConnectedError(`NatsPubSub: ${what}: the connection is closed`, { cause: error });
   }
-  // No answer (the broker is going away, JetStream is restarting): the caller may retry.
+  // No answer (the broker is going away, JetStream is restarting), or a failure on the
+  // server's side (a store error while a stream is being made again): the caller may retry.
+  const serverFailure =
+    driver !== undefined && error instanceof driver.JetStreamApiError && error.status >= 500;
   const transient =
+    serverFailure ||
     name === 'TimeoutError' ||
     name === 'JetStreamNotEnabled' ||
     name === 'NoRespondersError' ||

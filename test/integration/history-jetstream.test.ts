@@ -368,8 +368,9 @@ describe('NATS JetStream history', () => {
 
     const jsm = await jetstreamManager(admin);
     await jsm.streams.delete(streamName(topic));
-    // The next publish finds no stream, makes it again and is stored in the new one.
-    await pubsub.publish(topic, text('second'));
+    // The next publish finds no stream, makes it again and is stored in the new one. (The
+    // follower makes it again too: a publish racing with that may fail and be retried.)
+    await publishWhenBack(pubsub, topic, text('second'));
     await follow.until(() => follow.has('second'), 'the event of the new stream was not followed');
     const newPosition = follow.events.find((event) => event.text === 'second')?.position ?? '';
     assert.notEqual(parsePosition(newPosition)?.epoch, parsePosition(oldPosition)?.epoch);
@@ -438,10 +439,12 @@ describe('NATS JetStream history', () => {
     const follower = await client();
     const follow = new Follow();
     await historyOf(follower).follow(topic, follow.handler);
-    const before = Array.from({ length: 100 }, (_, i) => `b${i}`);
-    for (const value of before) await publisher.publish(topic, text(value));
-    // Killed while the follower may still be receiving: what it had not received must come later.
+    const before = Array.from({ length: 1000 }, (_, i) => `b${i}`);
+    // One connection sends them in order, so the stream stores them in that order.
+    await Promise.all(before.map((value) => publisher.publish(topic, text(value))));
+    // Killed while the follower is still receiving: what it had not received must come later.
     await broker.kill();
+    assert.ok(follow.events.length < before.length, 'the broker died before the follower was done');
     await broker.restart();
     await reachStatus(publisher, 'connected');
     const afterKill = Array.from({ length: 100 }, (_, i) => `a${i}`);
