@@ -72,6 +72,7 @@ const NO_STREAM = 'PUSH_PUBSUB_NO_STREAM';
 /** JetStream API error codes this module tells apart. */
 const STREAM_NOT_FOUND = 10059;
 const SUBJECTS_OVERLAP = 10065;
+const NAME_IN_USE = 10058;
 
 /**
  * How long a pull of the live consumer stays open, in ms. Shorter than the
@@ -256,14 +257,9 @@ export class JetStreamHistory implements TopicHistory {
     // between `since` and the first entry may have been trimmed meanwhile.
     const after = await this.#info(topic, name);
     if (streamEpoch(after.created) !== epoch) return lost;
-    if (
-      firstSeq !== undefined &&
-      firstSeq !== from.seq + 1 &&
-      after.state.first_seq > from.seq + 1
-    ) {
-      return lost;
-    }
-    if (firstSeq === undefined && after.state.first_seq > from.seq + 1) return lost;
+    // A gap after `since` is trimming when the stream now starts past it (otherwise an
+    // operator deleted single messages: what is left is all there is).
+    if (firstSeq !== from.seq + 1 && after.state.first_seq > from.seq + 1) return lost;
     return { recovered: true, entries, more, head };
   }
 
@@ -360,10 +356,12 @@ export class JetStreamHistory implements TopicHistory {
           await jsm.streams.add(wanted);
           return name;
         } catch (addError) {
-          if (apiCode(addError) === SUBJECTS_OVERLAP) {
+          const code = apiCode(addError);
+          if (code === SUBJECTS_OVERLAP) {
             // An operator's stream already stores these subjects: use it, bounds and all.
             return await jsm.streams.find(topic);
           }
+          if (code !== NAME_IN_USE) throw addError;
           // Another server made it first, with other bounds: update it like an existing one.
           info = await jsm.streams.info(name);
         }

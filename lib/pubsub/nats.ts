@@ -95,6 +95,17 @@ interface ActiveSubscription {
  * the server retry or count the failure.) A publication accepted just before
  * the connection dropped, before the client noticed, can still be lost:
  * delivery is at most once.
+ *
+ * **With `history`** (lib/pubsub/jetstream.ts): each topic is kept in the
+ * JetStream stream `PUSHWIRE_<topic>` over `<topic>` and `<topic>.>`
+ * (created or updated on first use: `max_msgs` = `maxEvents`, `max_age` =
+ * `maxAge`, file storage), `history` is set, and `publish()` is a JetStream
+ * publish that resolves once the stream stored the event: an acknowledged
+ * event survives a broker crash. Positions are `<epoch>:<stream sequence>`,
+ * the epoch taken from the stream's creation time. Core NATS publishers on
+ * those subjects (bahamut servers) are stored too, and core subscribers
+ * (bahamut servers) still receive what this client publishes. `subscribe()`
+ * stays a core NATS subscription.
  */
 export class NatsPubSub implements PubSubClient {
   readonly #connectOptions: NodeConnectionOptions;
