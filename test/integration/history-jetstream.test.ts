@@ -173,6 +173,44 @@ describe('NATS JetStream history', () => {
     assert.equal((await jsm.streams.info(streamName(topic))).config.max_msgs, 9);
   });
 
+  it('uses a stream an operator made over the topic, as it is', async () => {
+    const topic = freshTopic();
+    const jsm = await jetstreamManager(admin);
+    await jsm.streams.add({ name: `OPS_${topic}`, subjects: [`${topic}.>`, topic], max_msgs: 3 });
+    const pubsub = await client({ maxEvents: 50 });
+    await useTopic(pubsub, topic);
+    for (let i = 0; i < 5; i++) await pubsub.publish(topic, text(`e${i}`));
+    const info = await jsm.streams.info(`OPS_${topic}`);
+    assert.equal(info.config.max_msgs, 3, "the operator's bounds are kept");
+    assert.equal(info.state.messages, 3);
+    const { head } = await historyOf(pubsub).read(topic, '', 1);
+    assert.equal(head, `${streamEpoch(info.created)}:5`);
+    await assert.rejects(jsm.streams.info(streamName(topic)), 'no PUSHWIRE_ stream besides it');
+  });
+
+  it('ages events out after maxAge: their positions are no longer recovered', async () => {
+    const topic = freshTopic();
+    const pubsub = await client({ maxAge: 300 });
+    const history = historyOf(pubsub);
+    await useTopic(pubsub, topic);
+    for (let i = 0; i < 3; i++) await pubsub.publish(topic, text(`e${i}`));
+    const { head } = await history.read(topic, '', 1);
+    const start = `${parsePosition(head)?.epoch}:0`;
+    assert.equal((await history.read(topic, start, 10)).entries.length, 3);
+    await waitFor(async () => !(await history.read(topic, start, 10)).recovered, {
+      timeout: 10_000,
+      interval: 50,
+      message: 'the events never aged out',
+    });
+    // The newest position is still a good place to resume from: nothing after it is missing.
+    assert.deepEqual(await history.read(topic, head, 10), {
+      recovered: true,
+      entries: [],
+      more: false,
+      head,
+    });
+  });
+
   it('follows in publish order, with increasing positions of one epoch', async () => {
     const topic = freshTopic();
     const pubsub = await client();
