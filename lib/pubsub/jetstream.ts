@@ -7,10 +7,14 @@
  *   {@link streamName}(`events`) = `PUSHWIRE_events`, over the subjects
  *   `events` and `events.>`, file storage, limits retention, `max_msgs` =
  *   `maxEvents`, `max_age` = `maxAge`, oldest discarded first. It is created
- *   on first use of the topic (`follow`, `read`, or a publish on one of its
- *   subjects once the topic is known), and updated when it exists with other
- *   bounds or subjects. When another stream already captures the subjects
- *   (one an operator made), that stream is used as it is.
+ *   on first use of the topic (`follow`, `read`), and updated when it exists
+ *   with other bounds or subjects. When another stream already stores the
+ *   topic (one an operator made, or the stream of a topic above it), that
+ *   stream is used as it is, and `follow`/`read` keep only the topic's
+ *   subjects (`topic`, `topic.…`). A publish on a subject that no stream
+ *   stores makes the stream of the known topic above it, or else of its
+ *   first token (`events` for `events.task.create`), as LocalPubSub and
+ *   Redis keep one history per first token.
  * - **Positions** are `<epoch>:<stream sequence>`. The epoch is the stream's
  *   creation time (nanoseconds, base 36): it survives broker restarts (the
  *   file store keeps it) and changes when the stream is deleted and made
@@ -82,6 +86,8 @@ const NAME_IN_USE = 10058;
 const FOLLOW_EXPIRES_MS = 5_000;
 /** How long a replay's pull may wait for messages known to be stored, in ms. */
 const READ_EXPIRES_MS = 5_000;
+/** The most messages one pull of a replay asks for. */
+const READ_BATCH_MAX = 1_000;
 /** A replay consumer left behind (its delete lost) is removed by the server after this, in ms. */
 const READ_INACTIVE_MS = 30_000;
 /** Bounds of the pause before a live consumer is opened again after it stopped, in ms. */
@@ -173,13 +179,13 @@ export class JetStreamHistory implements TopicHistory {
   /**
    * Publishes through JetStream: resolves once the stream stored the payload
    * (its PubAck). When no stream answers for the subject, the stream of the
-   * known topic above the subject is made again (it may have been deleted)
-   * and the publish is tried once more. Rejects with a PubSubError
-   * `PUSH_PUBSUB_UNREACHABLE` when the broker or JetStream does not answer
-   * (a publish that timed out may still have been stored), `PUSH_PUBSUB`
-   * when no stream stores the subject and this client knows no topic above
-   * it, or when JetStream refuses the message; NotConnectedError once the
-   * connection is closed.
+   * known topic above it (it may have been deleted), or else of its first
+   * token, is made and the publish is tried once more. Rejects with a
+   * PubSubError `PUSH_PUBSUB_UNREACHABLE` when the broker or JetStream does
+   * not answer (a publish that timed out may still have been stored),
+   * `PUSH_PUBSUB` when JetStream refuses the message or that stream cannot
+   * be made (its subjects overlap another stream's); NotConnectedError once
+   * the connection is closed.
    */
   async publish(subject: string, payload: Uint8Array): Promise<void> {
     const { js } = await this.#use('publish');
@@ -189,13 +195,9 @@ export class JetStreamHistory implements TopicHistory {
     } catch (error) {
       if (!isNoStream(error)) throw wrap(error, `publish to ${subject}`);
     }
-    const topic = this.#topicOf(subject);
-    if (topic === undefined) {
-      throw new PubSubError(
-        `NatsPubSub: publish to ${subject}: no JetStream stream stores this subject; follow or read its topic first, so that its stream is made`,
-        'PUSH_PUBSUB',
-      );
-    }
+    // No stream stores the subject (yet, or any more): make the one of the known topic above
+    // it, or else the one of its first token, as LocalPubSub and Redis keep their histories.
+    const topic = this.#topicOf(subject) ?? subject.split('.', 1)[0] ?? subject;
     await this.#ensure(topic, true);
     try {
       await (await this.#use('publish')).js.publish(subject, payload);
@@ -252,7 +254,15 @@ export class JetStreamHistory implements TopicHistory {
     if (!from || from.epoch !== epoch || from.seq > last || from.seq < first - 1) return lost;
     if (from.seq === last) return { recovered: true, entries: [], more: false, head };
 
-    const { entries, more, firstSeq } = await this.#fetch(name, epoch, from.seq + 1, max, last);
+    const stream = info.config.name;
+    const { entries, more, firstSeq } = await this.#fetch(
+      stream,
+      topic,
+      epoch,
+      from.seq + 1,
+      max,
+      last,
+    );
     // What was read must come from the stream whose state was checked, and nothing
     // between `since` and the first entry may have been trimmed meanwhile.
     const after = await this.#info(topic, name);
@@ -302,7 +312,7 @@ export class JetStreamHistory implements TopicHistory {
   #topicOf(subject: string): string | undefined {
     let found: string | undefined;
     for (const topic of this.#topics) {
-      const under = subject === topic || subject.startsWith(`${topic}.`);
+      const under = isUnder(subject, topic);
       if (under && (found === undefined || topic.length > found.length)) found = topic;
     }
     return found;
@@ -352,14 +362,19 @@ export class JetStreamHistory implements TopicHistory {
         info = await jsm.streams.info(name);
       } catch (error) {
         if (apiCode(error) !== STREAM_NOT_FOUND) throw error;
+        // A stream that already stores the topic (an operator's, or the one of a topic above
+        // it) is used as it is, bounds and all: follow and read keep the topic's subjects.
+        const existing = await this.#streamOf(jsm, topic);
+        if (existing !== undefined) return existing;
         try {
           await jsm.streams.add(wanted);
           return name;
         } catch (addError) {
           const code = apiCode(addError);
           if (code === SUBJECTS_OVERLAP) {
-            // An operator's stream already stores these subjects: use it, bounds and all.
-            return await jsm.streams.find(topic);
+            // Made by another server meanwhile, or a stream of subjects below the topic.
+            const found = await this.#streamOf(jsm, topic);
+            if (found !== undefined) return found;
           }
           if (code !== NAME_IN_USE) throw addError;
           // Another server made it first, with other bounds: update it like an existing one.
@@ -383,6 +398,17 @@ export class JetStreamHistory implements TopicHistory {
       return name;
     } catch (error) {
       throw wrap(error, `make the JetStream stream ${name} for ${topic}`);
+    }
+  }
+
+  /** The stream that stores `topic`'s own subject, if there is one. */
+  async #streamOf(jsm: JetStreamManager, topic: string): Promise<string | undefined> {
+    try {
+      return await jsm.streams.find(topic);
+    } catch (error) {
+      // The driver answers "no stream matches subject" as a stream not found.
+      if (apiCode(error) === STREAM_NOT_FOUND) return undefined;
+      throw error;
     }
   }
 
@@ -411,9 +437,16 @@ export class JetStreamHistory implements TopicHistory {
     }
   }
 
-  /** Reads up to `max` messages from `start` with a throwaway ordered consumer. */
+  /**
+   * Reads, with a throwaway ordered consumer, the messages from `start` to
+   * `last` and keeps the first `max` of `topic`'s subjects (all of them in
+   * the topic's own stream; a wider stream also holds other subjects).
+   * `more` tells whether another of them follows; `firstSeq` is the first
+   * sequence found at all, to tell trimming from a read that started on time.
+   */
   async #fetch(
     name: string,
+    topic: string,
     epoch: string,
     start: number,
     max: number,
@@ -421,27 +454,41 @@ export class JetStreamHistory implements TopicHistory {
   ): Promise<{ entries: HistoryEntry[]; more: boolean; firstSeq: number | undefined }> {
     const { js } = await this.#use('read');
     const entries: HistoryEntry[] = [];
-    let pending = 0;
+    let more = false;
     let firstSeq: number | undefined;
-    // Never ask for more than is stored: the pull then ends on its last message, not on a timeout.
-    const batch = Math.min(max, last - start + 1);
+    let seen = start - 1;
     try {
       const consumer = await js.consumers.get(name, {
         opt_start_seq: start,
         inactive_threshold: READ_INACTIVE_MS,
       });
       try {
-        const messages = await consumer.fetch({ max_messages: batch, expires: READ_EXPIRES_MS });
-        for await (const msg of messages) {
-          firstSeq ??= msg.seq;
-          // A copy: the entry outlives the driver's buffer.
-          entries.push({
-            payload: msg.data.slice(),
-            subject: msg.subject,
-            position: `${epoch}:${msg.seq}`,
-          });
-          pending = msg.info.pending;
-          if (entries.length >= batch || pending === 0) break;
+        scan: while (seen < last) {
+          // One past `max` tells `more`; never more than is stored, so that a pull ends on its
+          // last message rather than on its expiry.
+          const batch = Math.min(max + 1 - entries.length, last - seen, READ_BATCH_MAX);
+          const messages = await consumer.fetch({ max_messages: batch, expires: READ_EXPIRES_MS });
+          let got = 0;
+          for await (const msg of messages) {
+            got++;
+            firstSeq ??= msg.seq;
+            seen = msg.seq;
+            if (isUnder(msg.subject, topic)) {
+              if (entries.length === max) {
+                more = true;
+                break scan;
+              }
+              // A copy: the entry outlives the driver's buffer.
+              entries.push({
+                payload: msg.data.slice(),
+                subject: msg.subject,
+                position: `${epoch}:${msg.seq}`,
+              });
+            }
+            if (msg.seq >= last || msg.info.pending === 0) break scan;
+          }
+          // Nothing before the pull expired: what was stored is gone (trimmed meanwhile).
+          if (got === 0) break;
         }
       } finally {
         consumer.delete().catch(() => undefined);
@@ -449,7 +496,7 @@ export class JetStreamHistory implements TopicHistory {
     } catch (error) {
       throw wrap(error, `read the stream ${name}`);
     }
-    return { entries, more: entries.length >= max && pending > 0, firstSeq };
+    return { entries, more, firstSeq };
   }
 
   /** @internal For {@link Follower}: the clients, the manager included. */
@@ -580,6 +627,8 @@ class Follower {
     // After a restart from an older sequence, what was handed on already is not handed on twice.
     if (msg.seq <= this.#seq) return;
     this.#seq = msg.seq;
+    // A wider stream (the one of a topic above) also holds subjects that are not this topic's.
+    if (!isUnder(msg.subject, this.#topic)) return;
     try {
       this.#handler(msg.data, msg.subject, `${this.#epoch}:${msg.seq}`);
     } catch (error) {
@@ -646,6 +695,11 @@ class Follower {
     };
     attempt();
   }
+}
+
+/** True when `subject` is `topic` or lies under it. */
+function isUnder(subject: string, topic: string): boolean {
+  return subject === topic || (subject.startsWith(topic) && subject.charAt(topic.length) === '.');
 }
 
 /** The JetStream API error code of `error`, if it is one. */

@@ -454,12 +454,28 @@ describe('NATS JetStream history', () => {
     sub.unsubscribe();
   });
 
-  it('rejects a publish no stream stores when no topic above it is known', async () => {
+  it('makes the stream of the first token for a publish on a topic nobody followed yet', async () => {
+    const root = freshTopic();
     const pubsub = await client();
-    await assert.rejects(
-      pubsub.publish(`nostream${topicCount}.x`, text('lost')),
-      (error: unknown) => error instanceof PubSubError && error.code === 'PUSH_PUBSUB',
+    await pubsub.publish(`${root}.task.create`, text('first'));
+    const jsm = await jetstreamManager(admin);
+    const info = await jsm.streams.info(streamName(root));
+    assert.deepEqual([...(info.config.subjects ?? [])].sort(), [root, `${root}.>`].sort());
+    // A topic below the root reads and follows that stream, keeping only its own subjects.
+    const history = historyOf(pubsub);
+    const follow = new Follow();
+    await history.follow(`${root}.task`, follow.handler);
+    await pubsub.publish(`${root}.user.update`, text('not mine'));
+    await pubsub.publish(`${root}.task.delete`, text('second'));
+    await follow.until(() => follow.has('second'), 'the sub-topic follower got nothing');
+    assert.deepEqual(follow.texts(), ['second']);
+    const read = await history.read(`${root}.task`, `${streamEpoch(info.created)}:0`, 10);
+    assert.deepEqual(
+      read.entries.map((entry) => dec.decode(entry.payload)),
+      ['first', 'second'],
     );
+    assert.equal(sequenceOf(read.head), 3, "positions are the stream's, shared by its topics");
+    await assert.rejects(jsm.streams.info(streamName(`${root}.task`)), 'no stream of its own');
   });
 
   it('leaves history off by default: core publish, no stream', async () => {
