@@ -626,6 +626,16 @@ class Follower {
     }
     // After a restart from an older sequence, what was handed on already is not handed on twice.
     if (msg.seq <= this.#seq) return;
+    if (this.#seq > 0 && msg.seq > this.#seq + 1) {
+      // The consumer starts after the last sequence handed on: a jump means those events
+      // were trimmed (or deleted) before this follower read them. Say so, not to lose them silently.
+      this.#history.report(
+        new PubSubError(
+          `NatsPubSub: follow ${this.#topic}: events ${this.#seq + 1}–${msg.seq - 1} were gone before this follower read them (raise history.maxEvents)`,
+          'PUSH_HISTORY_GAP',
+        ),
+      );
+    }
     this.#seq = msg.seq;
     // A wider stream (the one of a topic above) also holds subjects that are not this topic's.
     if (!isUnder(msg.subject, this.#topic)) return;
