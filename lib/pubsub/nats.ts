@@ -7,7 +7,16 @@ import {
   type Subscription,
 } from '@nats-io/transport-node';
 import { NotConnectedError, PubSubError } from '../errors.js';
-import type { PubSubClient, PubSubHandler, PubSubStatus, Unsubscribe } from './contract.js';
+import {
+  resolveHistoryOptions,
+  type HistoryOptions,
+  type PubSubClient,
+  type PubSubHandler,
+  type PubSubStatus,
+  type TopicHistory,
+  type Unsubscribe,
+} from './contract.js';
+import { JetStreamHistory } from './jetstream.js';
 
 /** Options of {@link NatsPubSub} shared by both ways of giving it a connection. */
 export interface NatsPubSubCommonOptions {
@@ -19,6 +28,13 @@ export interface NatsPubSubCommonOptions {
    * A throw from `onError` itself is swallowed.
    */
   onError?: (error: unknown) => void;
+  /**
+   * Keeps each topic's history in a JetStream stream (nats-server with
+   * `-js`, and `@nats-io/jetstream` installed): `history` is then set, and
+   * `publish()` goes through JetStream (see {@link NatsPubSub}). Off when
+   * absent. Throws a RangeError for a bound that is not a positive integer.
+   */
+  history?: HistoryOptions;
 }
 
 /**
@@ -79,6 +95,17 @@ interface ActiveSubscription {
  * the server retry or count the failure.) A publication accepted just before
  * the connection dropped, before the client noticed, can still be lost:
  * delivery is at most once.
+ *
+ * **With `history`** (lib/pubsub/jetstream.ts): each topic is kept in the
+ * JetStream stream `PUSHWIRE_<topic>` over `<topic>` and `<topic>.>`
+ * (created or updated on first use: `max_msgs` = `maxEvents`, `max_age` =
+ * `maxAge`, file storage), `history` is set, and `publish()` is a JetStream
+ * publish that resolves once the stream stored the event: an acknowledged
+ * event survives a broker crash. Positions are `<epoch>:<stream sequence>`,
+ * the epoch taken from the stream's creation time. Core NATS publishers on
+ * those subjects (bahamut servers) are stored too, and core subscribers
+ * (bahamut servers) still receive what this client publishes. `subscribe()`
+ * stays a core NATS subscription.
  */
 export class NatsPubSub implements PubSubClient {
   readonly #connectOptions: NodeConnectionOptions;
@@ -86,6 +113,7 @@ export class NatsPubSub implements PubSubClient {
   readonly #shared: NatsConnection | undefined;
   readonly #onError: (error: unknown) => void;
   readonly #listeners = new Set<(status: PubSubStatus) => void>();
+  readonly #history: JetStreamHistory | undefined;
   #status: PubSubStatus = 'disconnected';
   #connection: NatsConnection | undefined;
   #statusIterable: AsyncIterable<Status> | undefined;
@@ -103,18 +131,35 @@ export class NatsPubSub implements PubSubClient {
    */
   constructor(options: NatsPubSubOptions = {}) {
     this.#onError = options.onError ?? (() => undefined);
+    this.#history = options.history
+      ? new JetStreamHistory(resolveHistoryOptions(options.history), {
+          connection: (operation) => this.#ready(operation),
+          report: (error) => this.#report(error),
+        })
+      : undefined;
     if (options.connection) {
       this.#shared = options.connection;
       this.#connectOptions = {};
       this.#waitOnFirstConnect = false;
     } else {
-      const { onError: _onError, connection: _connection, waitOnFirstConnect, ...rest } = options;
+      const {
+        onError: _onError,
+        connection: _connection,
+        history: _history,
+        waitOnFirstConnect,
+        ...rest
+      } = options;
       this.#shared = undefined;
       this.#waitOnFirstConnect = waitOnFirstConnect ?? false;
       // Our own first-connect loop replaces nats.js's `waitOnFirstConnect`, so that
       // `disconnect()` can stop it: nats.js gives no handle before its connect() resolves.
       this.#connectOptions = { maxReconnectAttempts: -1, ...rest, waitOnFirstConnect: false };
     }
+  }
+
+  /** The JetStream history of every topic, when the `history` option is set; otherwise undefined. */
+  get history(): TopicHistory | undefined {
+    return this.#history;
   }
 
   /** The current connection state. */
@@ -163,8 +208,12 @@ export class NatsPubSub implements PubSubClient {
    * broker is unreachable (nothing is buffered, see the class comment), and
    * with a PubSubError `PUSH_PUBSUB` when the client refuses it (an invalid
    * subject, a payload over the server's `max_payload`).
+   *
+   * With history on, it resolves once JetStream stored the payload (its
+   * acknowledgement): see {@link JetStreamHistory.publish} for its rejections.
    */
   async publish(subject: string, payload: Uint8Array): Promise<void> {
+    if (this.#history) return this.#history.publish(subject, payload);
     const connection = this.#ready('publish');
     try {
       connection.publish(subject, payload);
@@ -390,6 +439,7 @@ export class NatsPubSub implements PubSubClient {
     this.#statusIterable = undefined;
     iterable?.stop?.();
     for (const record of [...this.#subs]) this.#drop(record);
+    this.#history?.close();
     if (connection && !this.#shared) {
       await connection.close().catch((error: unknown) => this.#report(error));
     }

@@ -8,7 +8,7 @@
  * noticed. `NATS_SERVER_BIN` / `REDIS_SERVER_BIN` point at another binary.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
@@ -29,7 +29,7 @@ export interface Broker {
   kill(): Promise<void>;
   /** Starts the process again on the same port (killing it first if it runs) and waits until it accepts connections. */
   restart(): Promise<void>;
-  /** Stops the process (SIGTERM, then SIGKILL after a grace period); idempotent. */
+  /** Stops the process (SIGTERM, then SIGKILL after a grace period) and removes its store, if any; idempotent. */
   stop(): Promise<void>;
 }
 
@@ -37,6 +37,16 @@ export interface Broker {
 export interface StartBrokerOptions {
   /** How long to wait for the broker to accept connections, in ms; default 10000. */
   startTimeout?: number;
+}
+
+/** Options of {@link startNats}. */
+export interface StartNatsOptions extends StartBrokerOptions {
+  /**
+   * Runs JetStream (`-js -sd <dir>`); default false. The store directory is
+   * made once, kept across `kill()` and `restart()` (so streams and their
+   * messages survive a crash, as on a real disk) and removed by `stop()`.
+   */
+  jetstream?: boolean;
 }
 
 const HOST = '127.0.0.1';
@@ -50,6 +60,8 @@ interface BrokerSpec {
   defaultPath: string;
   install: string;
   args(port: number): string[];
+  /** Called once the process is stopped for good (`stop()`), to remove what it left on disk. */
+  cleanup?(): void;
 }
 
 const SPECS: Record<BrokerKind, BrokerSpec> = {
@@ -90,9 +102,19 @@ process.once('exit', () => {
   for (const child of live) child.kill('SIGKILL');
 });
 
-/** Starts `nats-server` on a free port. Rejects when the binary is missing or it does not start in time. */
-export function startNats(options: StartBrokerOptions = {}): Promise<Broker> {
-  return startBroker(SPECS.nats, options);
+/**
+ * Starts `nats-server` on a free port, core NATS only unless `jetstream` is
+ * set. Rejects when the binary is missing or it does not start in time.
+ */
+export function startNats(options: StartNatsOptions = {}): Promise<Broker> {
+  if (!options.jetstream) return startBroker(SPECS.nats, options);
+  const storeDir = mkdtempSync(join(tmpdir(), 'pushwire-js-'));
+  const spec: BrokerSpec = {
+    ...SPECS.nats,
+    args: (port) => [...SPECS.nats.args(port), '-js', '-sd', storeDir],
+    cleanup: () => rmSync(storeDir, { recursive: true, force: true }),
+  };
+  return startBroker(spec, options);
 }
 
 /** Starts `redis-server` (no persistence) on a free port. Rejects when the binary is missing or it does not start in time. */
@@ -169,11 +191,16 @@ function findBinary(spec: BrokerSpec): string {
 }
 
 async function startBroker(spec: BrokerSpec, options: StartBrokerOptions): Promise<Broker> {
-  const binary = findBinary(spec);
-  const port = await freePort();
-  const broker = new BrokerProcess(spec, binary, port, options.startTimeout ?? 10_000);
-  await broker.restart();
-  return broker;
+  try {
+    const binary = findBinary(spec);
+    const port = await freePort();
+    const broker = new BrokerProcess(spec, binary, port, options.startTimeout ?? 10_000);
+    await broker.restart();
+    return broker;
+  } catch (error) {
+    spec.cleanup?.();
+    throw error;
+  }
 }
 
 class BrokerProcess implements Broker {
@@ -242,10 +269,12 @@ class BrokerProcess implements Broker {
 
   async stop(): Promise<void> {
     const child = this.#child;
-    if (!child) return;
-    child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS);
-    await this.#exited;
-    clearTimeout(timer);
+    if (child) {
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS);
+      await this.#exited;
+      clearTimeout(timer);
+    }
+    this.#spec.cleanup?.();
   }
 }
