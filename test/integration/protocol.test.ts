@@ -573,7 +573,7 @@ describe('§5 dispatch, step 2: events older than the session are not sent', () 
 describe('§5 dispatch, step 3: relatedIdentities', () => {
   it('an event passes through a related identity and its filter', async () => {
     const plugin = dispatchPlugin({
-      relatedIdentities: (event) => (event.identity === 'task' ? ['project'] : []),
+      relatedIdentities: (identity) => (identity === 'task' ? ['project'] : []),
     });
     await withApp({ plugins: [plugin] }, async (h) => {
       const peer = await h.connect();

@@ -605,7 +605,51 @@ describe('dispatchPlugin: summarizeEvent runs once per event, shouldDispatch onc
     assert.equal(second.predicates[0]!(fakeSession('other')), true, 'still called on handlers');
   });
 
+  it('refuses a function it does not know, own or inherited, naming it (never ignored)', () => {
+    assert.throws(() => dispatchPlugin({ shouldDispatsh: () => true } as never), {
+      name: 'TypeError',
+      message: /unknown handler shouldDispatsh/,
+    });
+    class Ported {
+      shouldDispatch(): boolean {
+        return true;
+      }
+      onPushSessionBegin(): void {}
+    }
+    assert.throws(() => dispatchPlugin(new Ported() as never), {
+      name: 'TypeError',
+      message: /onPushSessionBegin/,
+    });
+    // State and helpers a class keeps: data fields, `_`-prefixed and #private methods.
+    class WithState {
+      readonly owner = 'acme';
+      _isOwner(session: PushSession): boolean {
+        return session.id === this.owner;
+      }
+      shouldDispatch(session: PushSession): boolean {
+        return this._isOwner(session);
+      }
+    }
+    assert.doesNotThrow(() => dispatchPlugin(new WithState()));
+  });
+
+  it('maps onPushSessionInit to the session phase, start and stop to the lifecycle hooks', async () => {
+    const events: string[] = [];
+    const plugin = dispatchPlugin({
+      onPushSessionInit: (session) => session.id === 'acme',
+      onPushSessionStart: (session) => void events.push(`start ${session.id}`),
+      onPushSessionStop: (session, info) => void events.push(`stop ${session.id} ${info.code}`),
+    });
+    assert.equal(typeof plugin.session, 'function');
+    await plugin.onSessionStart!(fakeSession('acme'));
+    await plugin.onSessionStop!(fakeSession('acme'), { code: 1000, reason: '' });
+    assert.deepEqual(events, ['start acme', 'stop acme 1000']);
+    assert.equal(dispatchPlugin({}).session, undefined);
+  });
+
   const badHandlers: Array<[string, object]> = [
+    ['onPushSessionInit', { onPushSessionInit: true }],
+    ['onPushSessionStop', { onPushSessionStop: 'x' }],
     ['summarizeEvent', { summarizeEvent: 'owner' }],
     ['relatedIdentities', { relatedIdentities: ['user'] }],
     ['shouldDispatch', { shouldDispatch: true }],
@@ -626,12 +670,52 @@ describe('dispatchPlugin: relatedIdentities are appended to the event context', 
     const fannedOut = await dispatch(
       [
         dispatchPlugin({ relatedIdentities: () => ['user', 'project'] }),
-        dispatchPlugin({ relatedIdentities: (event) => [`${event.identity}-audit`] }),
+        dispatchPlugin({ relatedIdentities: (identity) => [`${identity}-audit`] }),
       ],
       ctx,
     );
     assert.equal(fannedOut, true);
     assert.deepEqual(ctx.relatedIdentities, ['user', 'project', 'task-audit']);
+  });
+
+  it("gets the event's identity first (bahamut's RelatedEventIdentities(identity)), the event second", async () => {
+    const ctx = dispatchContext();
+    const calls: unknown[][] = [];
+    await dispatch(
+      [
+        dispatchPlugin({
+          relatedIdentities: (...args) => {
+            calls.push(args);
+            return [];
+          },
+        }),
+      ],
+      ctx,
+    );
+    assert.deepEqual(calls, [[ctx.event.identity, ctx.event]]);
+  });
+
+  it('takes null and undefined (Go nil) as no related identity, and the event is dispatched', async () => {
+    const ctx = dispatchContext();
+    const fannedOut = await dispatch(
+      [
+        dispatchPlugin({ relatedIdentities: () => null }),
+        dispatchPlugin({ relatedEventIdentities: () => undefined }),
+      ],
+      ctx,
+    );
+    assert.equal(fannedOut, true);
+    assert.deepEqual(ctx.relatedIdentities, []);
+  });
+
+  it("accepts bahamut's name relatedEventIdentities, and refuses both names at once", async () => {
+    const ctx = dispatchContext();
+    await dispatch([dispatchPlugin({ relatedEventIdentities: (id) => [`${id}-x`] })], ctx);
+    assert.deepEqual(ctx.relatedIdentities, [`${ctx.event.identity}-x`]);
+    assert.throws(
+      () => dispatchPlugin({ relatedIdentities: () => [], relatedEventIdentities: () => [] }),
+      { name: 'TypeError', message: /not both/ },
+    );
   });
 
   it('has added them before the fan-out runs', async () => {
