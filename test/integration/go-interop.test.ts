@@ -20,14 +20,18 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { WebSocketServer } from 'ws';
 import { decodeEvent } from '../../client/protocol.js';
 import { PushDecodeError } from '../../client/errors.js';
+import { createPushClient as createNodeClient, type ReceivedEvent } from '../../client/node.js';
 import {
   authPlugin,
   dispatchPlugin,
@@ -50,7 +54,7 @@ import {
   type PushApp,
   type TestClient,
 } from '../helpers/push-app.js';
-import { waitFor, withTimeout } from '../helpers/wait.js';
+import { deferred, waitFor, withTimeout } from '../helpers/wait.js';
 
 const run = promisify(execFile);
 failOnUnhandledRejections();
@@ -598,6 +602,93 @@ describe('pushwire/client decodes by the session encoding, not by the frame opco
 
   it('refuses a MessagePack event that the WebSocket already decoded as text (its bytes are lost)', () => {
     assert.throws(() => decodeEvent('\u0085garbled', 'msgpack'), PushDecodeError);
+  });
+
+  // A server that writes as bahamut does (wsc): every message in a TEXT frame, MessagePack too.
+  async function bahamutLikeServer(
+    frames: (encoding: string) => Array<{ data: Buffer; binary: boolean }>,
+  ): Promise<{ url: string; close: () => Promise<void> }> {
+    const wss = new WebSocketServer({ port: 0 });
+    await once(wss, 'listening');
+    wss.on('connection', (socket, request) => {
+      const encoding = new URL(request.url ?? '/', 'http://x').searchParams.get('encoding') ?? '';
+      for (const frame of frames(encoding)) socket.send(frame.data, { binary: frame.binary });
+    });
+    const { port } = wss.address() as AddressInfo;
+    return {
+      url: `ws://127.0.0.1:${port}/events`,
+      close: async () => {
+        for (const socket of wss.clients) socket.terminate();
+        await new Promise<void>((resolve) => wss.close(() => resolve()));
+      },
+    };
+  }
+
+  it("pushwire/client/node reads elemental's MessagePack event from a text frame, though it is not UTF-8", async () => {
+    // The point of the test: ws (or a browser) would fail a text frame holding these bytes.
+    assert.throws(() => new TextDecoder('utf-8', { fatal: true }).decode(goEvent));
+    const server = await bahamutLikeServer(() => [
+      { data: goEvent, binary: false },
+      { data: goEvent, binary: true },
+    ]);
+    const client = createNodeClient(server.url, { encoding: 'msgpack', reconnect: false });
+    try {
+      const events: ReceivedEvent[] = [];
+      const errors: Error[] = [];
+      const two = deferred();
+      client.on('error', (error) => errors.push(error));
+      client.on('event', (event) => {
+        events.push(event);
+        if (events.length === 2) two.resolve();
+      });
+      await withTimeout(two.promise, STEP_MS, 'the client did not get both events');
+      for (const event of events) {
+        assert.equal(event.identity, 'task');
+        assert.equal((event.entity as { priority: number }).priority, 3);
+        assert.equal(event.timestamp.getTime(), 1_700_000_000_456);
+      }
+      assert.deepEqual(errors, []);
+    } finally {
+      client.close();
+      await server.close();
+    }
+  });
+
+  it('pushwire/client/node, on a JSON session, reads JSON in either frame and reports one that is not UTF-8 as a PushDecodeError', async () => {
+    const json = (id: string): Buffer =>
+      Buffer.from(
+        JSON.stringify({
+          entity: { ID: id },
+          identity: 'task',
+          type: 'create',
+          timestamp: '2031-05-06T07:08:09.123Z',
+          encoding: 'application/json',
+        }),
+      );
+    const server = await bahamutLikeServer(() => [
+      { data: json('1'), binary: false },
+      { data: Buffer.concat([json('x').subarray(0, 20), Buffer.from([0xff])]), binary: false },
+      { data: json('2'), binary: true },
+    ]);
+    const client = createNodeClient(server.url, { encoding: 'json', reconnect: false });
+    try {
+      const ids: string[] = [];
+      const errors: Error[] = [];
+      const done = deferred();
+      client.on('error', (error) => errors.push(error));
+      client.on('event', (event) => {
+        ids.push((event.entity as { ID: string }).ID);
+        if (ids.length === 2) done.resolve();
+      });
+      await withTimeout(done.promise, STEP_MS, 'the client did not get both JSON events');
+      assert.deepEqual(ids, ['1', '2']);
+      assert.equal(errors.length, 1);
+      assert.ok(errors[0] instanceof PushDecodeError, String(errors[0]));
+      assert.match(errors[0].message, /UTF-8/);
+    } finally {
+      client.close();
+      await server.close();
+    }
   });
 });
 
