@@ -61,7 +61,7 @@ import {
   type PushConfigLimits,
 } from './protocol/push-config.js';
 import type { PubSubClient, Unsubscribe } from './pubsub/contract.js';
-import { ServerSession, type PushSession } from './session.js';
+import { renewSessionToken, ServerSession, type PushSession } from './session.js';
 
 const WS_OPEN = 1;
 /** Where a session's WebSocket points back to its session, for the shared listeners. */
@@ -628,6 +628,9 @@ export class PushServer {
     session.config = this.#selectors.acquire(config);
     if (previous !== undefined) this.#selectors.release(previous);
     session.errorState = false;
+    if (session.mergeParameters(config.parameters)) {
+      renewSessionToken(session, this.options.plugins, this.options.logger);
+    }
   }
 
   #sendError(session: ServerSession, error: PushError): void {

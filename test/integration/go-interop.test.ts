@@ -709,13 +709,13 @@ describe("bahamut's handler interfaces port literally to the helpers (method nam
   class OwnerDispatcher {
     readonly lifecycle: string[] = [];
     onPushSessionInit(session: PushSession): boolean {
-      return session.parameter('blocked') === undefined;
+      return session.parameter('blocked') === '';
     }
     onPushSessionStart(session: PushSession): void {
-      this.lifecycle.push(`start ${session.parameter('owner') ?? ''}`);
+      this.lifecycle.push(`start ${session.parameter('owner')}`);
     }
     onPushSessionStop(session: PushSession): void {
-      this.lifecycle.push(`stop ${session.parameter('owner') ?? ''}`);
+      this.lifecycle.push(`stop ${session.parameter('owner')}`);
     }
     summarizeEvent(event: WireEvent): unknown {
       return (event.entity as { owner?: string }).owner;

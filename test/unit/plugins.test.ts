@@ -38,7 +38,7 @@ function fakeSession(id = 'session-1', token = 'secret'): PushSession {
   return {
     id,
     token,
-    parameter: () => undefined,
+    parameter: () => '',
     parameters: () => [],
     header: () => undefined,
     cookie: () => undefined,
