@@ -463,6 +463,50 @@ describe('§4 the push config chooses identities and types', () => {
     });
   });
 
+  it('parameters.token renews session.token; onTokenRenewal hooks hear each change, in order, and a throw closes with 1008', async () => {
+    const heard: string[] = [];
+    const gate = deferred();
+    const plugin: Plugin = {
+      name: 'renewals',
+      async onTokenRenewal(session, token) {
+        heard.push(`${token}:${session.token}`);
+        // The first renewal waits: the second must not overtake it.
+        if (token === 'second') await gate.promise;
+        if (token === 'revoked') throw new Error('no longer valid: revoked');
+      },
+    };
+    await withApp({ plugins: [plugin] }, async (h) => {
+      const peer = await h.connect({ query: { token: 'first' } });
+      const session = peer.session();
+      // The harness finds a session by its token, which a renewal changes: wait on this one.
+      const configure = async (config: unknown): Promise<void> => {
+        const previous = session.pushConfig;
+        peer.client.sendConfig(config);
+        await waitFor(() => session.pushConfig !== previous, {
+          timeout: WAIT_MS,
+          message: `the server did not apply ${JSON.stringify(config)}`,
+        });
+      };
+      await configure({ parameters: { token: 'first', other: 'x' } });
+      await configure({ parameters: { token: 'second' } });
+      assert.equal(session.token, 'second');
+      assert.equal(session.parameter('token'), 'second');
+      await configure({ identities: {} });
+      assert.equal(session.token, 'second', 'a config without parameters.token keeps it');
+      peer.client.sendConfig({ parameters: { token: 'revoked' } });
+      await waitFor(() => session.token === 'revoked', {
+        timeout: WAIT_MS,
+        message: 'the revoked token never reached the session',
+      });
+      assert.deepEqual(heard, ['second:second'], 'the later renewal waits for the earlier one');
+      gate.resolve();
+      const closed = await withTimeout(peer.client.closed, WAIT_MS, 'not closed');
+      // A plain error's message may quote the token: the reason is fixed.
+      assert.deepEqual(closed, { code: 1008, reason: 'token renewal refused' });
+      assert.deepEqual(heard, ['second:second', 'revoked:revoked']);
+    });
+  });
+
   it('a key the server does not know is ignored, as bahamut ignores it: the rest of the config applies', async () => {
     await withApp({}, async (h) => {
       const peer = await h.connect({ query: { enableErrors: 'true' } });
