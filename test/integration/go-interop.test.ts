@@ -43,8 +43,10 @@ import {
   type WireEvent,
 } from '../../lib/index.js';
 import { NatsPubSub } from '../../lib/pubsub/nats.js';
+import { jwtAuthPlugin } from '../../plugins/jwt/index.js';
 import { startNats, type Broker } from '../helpers/brokers.js';
 import { failOnUnhandledRejections } from '../helpers/guard.js';
+import { signHs256, TEST_SECRET } from '../helpers/security.js';
 import * as mp from '../helpers/go-msgpack.js';
 import {
   connectClient,
@@ -126,6 +128,7 @@ describe('Go interop: bahamut, elemental and manipulate against pushwire', () =>
   let nats: Broker | undefined;
   let app: PushApp | undefined;
   let hierarchyApp: PushApp | undefined;
+  let jwtApp: PushApp | undefined;
   const children = new Set<ChildProcess>();
   const clients: TestClient[] = [];
   let buildMs = 0;
@@ -205,6 +208,15 @@ describe('Go interop: bahamut, elemental and manipulate against pushwire', () =>
       topic: 'events',
       plugins: [authPlugin((session) => (session.token === TOKEN ? 'ok' : 'ko'))],
     });
+    jwtApp = await startPushApp({
+      plugins: [
+        jwtAuthPlugin({ key: TEST_SECRET }),
+        dispatchPlugin({
+          shouldDispatch: (session, event) =>
+            (event.entity as { ID?: string }).ID !== 'for-bob' || session.claimsMap.sub === 'bob',
+        }),
+      ],
+    });
     hierarchyApp = await startPushApp({
       pubsub: new NatsPubSub({ servers: nats.url }),
       topic: 'tree',
@@ -215,7 +227,7 @@ describe('Go interop: bahamut, elemental and manipulate against pushwire', () =>
   after(async () => {
     for (const child of children) child.kill('SIGKILL');
     for (const client of clients) client.ws.terminate();
-    for (const target of [app, hierarchyApp]) {
+    for (const target of [app, hierarchyApp, jwtApp]) {
       await target?.close();
       await target?.pubsub.disconnect();
     }
@@ -284,8 +296,6 @@ describe('Go interop: bahamut, elemental and manipulate against pushwire', () =>
           filters: { task: 'priority > 2' },
         })}`,
         '-events=2',
-        // Token renewal through parameters.token is later work (issue 18): sent, not asserted.
-        '-renew-token=renewed',
       ]);
       await client.line('open');
       await configured(app!);
@@ -354,6 +364,60 @@ describe('Go interop: bahamut, elemental and manipulate against pushwire', () =>
       assert.equal(line.status, 401);
     });
   }
+
+  it("json and msgpack: the Go client renews its JWT through parameters.token; the session's claims follow it, and a bad renewal closes with 1008", async () => {
+    for (const encoding of ['json', 'msgpack'] as const) {
+      await noSessions(jwtApp!);
+      const alice = await signHs256({ sub: 'alice' }, { expiresIn: '5m' });
+      const bob = await signHs256({ sub: 'bob' }, { expiresIn: '5m' });
+      const renewing = start('client', [
+        `-url=${jwtApp!.wsUrl}`,
+        `-token=${alice}`,
+        `-encoding=${encoding}`,
+        `-config=${JSON.stringify({ identities: { task: [] } })}`,
+        '-events=2',
+        `-renew-token=${bob}`,
+      ]);
+      await renewing.line('open');
+      await configured(jwtApp!);
+      const session = jwtApp!.push.sessions()[0]!;
+      assert.equal(session.claimsMap.sub, 'alice');
+      await jwtApp!.push.publish({
+        identity: 'task',
+        type: 'create',
+        entity: { ID: 'for-anyone' },
+      });
+      await renewing.line('renewed');
+      await waitFor(() => session.claimsMap.sub === 'bob', {
+        timeout: STEP_MS,
+        message: `${encoding}: the renewed token never replaced the claims`,
+      });
+      assert.equal(session.token, bob);
+      // Only a session whose claims say bob gets this one: it proves the renewal took effect.
+      await jwtApp!.push.publish({ identity: 'task', type: 'create', entity: { ID: 'for-bob' } });
+      const lines = await renewing.exited();
+      assert.deepEqual(
+        lines.filter((l) => l.kind === 'event').map((l) => (l.entity as { ID: string }).ID),
+        ['for-anyone', 'for-bob'],
+      );
+
+      await noSessions(jwtApp!);
+      const refused = start('client', [
+        `-url=${jwtApp!.wsUrl}`,
+        `-token=${alice}`,
+        `-encoding=${encoding}`,
+        `-config=${JSON.stringify({ identities: { task: [] } })}`,
+        '-events=2',
+        '-renew-token=not.a.token',
+      ]);
+      await refused.line('open');
+      await configured(jwtApp!);
+      await jwtApp!.push.publish({ identity: 'task', type: 'create', entity: { ID: 'first' } });
+      const closed = await refused.line('closed');
+      assert.equal(closed.code, 1008, `${encoding}: ${JSON.stringify(closed)}`);
+      await refused.exited();
+    }
+  });
 
   it('the whole Go loop: a bahamut publication on NATS reaches a Go MessagePack client through pushwire, the publisher bytes forwarded', async () => {
     await noSessions(app!);

@@ -5,6 +5,7 @@
 //
 //	{"kind":"open"}                         dialled, config written
 //	{"kind":"event","frame":"binary",...}   an event, its entity decoded into a Go struct
+//	{"kind":"renewed"}                      the config with parameters.token written (-renew-token)
 //	{"kind":"error","error":{...}}          an error event, decoded into elemental's Error
 //	{"kind":"closed","code":1003}           the server closed the socket
 //
@@ -33,7 +34,7 @@ func main() {
 	namespace := flag.String("namespace", "/acme", "sent as the namespace query parameter")
 	encodingFlag := flag.String("encoding", "json", "json or msgpack: Content-Type and Accept")
 	configJSON := flag.String("config", "", "the push config, as JSON (identities, filters, parameters)")
-	renewToken := flag.String("renew-token", "", "after the first event, send the config again with parameters.token set (manipulate's token renewal; not asserted yet)")
+	renewToken := flag.String("renew-token", "", "after the first event, send the config again with parameters.token set, as manipulate renews a token")
 	events := flag.Int("events", 1, "exit after this many events")
 	untilError := flag.Bool("until-error", false, "exit at the first error event")
 	timeout := flag.Duration("timeout", 10*time.Second, "give up after this long")
@@ -113,6 +114,7 @@ func main() {
 			}
 			config.Params["token"] = []string{*renewToken}
 			sendConfig(conn, media, &config)
+			wire.PrintLine(map[string]string{"kind": "renewed"})
 		}
 		if received >= *events {
 			return
