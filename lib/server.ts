@@ -17,7 +17,6 @@ import {
   type SessionContext,
 } from './chain.js';
 import {
-  BadRequestError,
   ForbiddenError,
   InvalidEventError,
   InvalidPushConfigError,
@@ -26,6 +25,7 @@ import {
   PushError,
   ServiceUnavailableError,
   TooManyRequestsError,
+  UnsupportedMediaTypeError,
 } from './errors.js';
 import { buildFrame, buildTextFrame } from './frame.js';
 import { describeError } from './logger.js';
@@ -463,7 +463,9 @@ export class PushServer {
         query.get('encoding') ?? undefined,
       );
     } catch (error) {
-      if (error instanceof UnsupportedEncodingError) throw new BadRequestError(error.message);
+      if (error instanceof UnsupportedEncodingError) {
+        throw new UnsupportedMediaTypeError(error.message);
+      }
       throw error;
     }
     const ip = (request as { ip?: unknown }).ip;

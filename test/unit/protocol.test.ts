@@ -19,6 +19,7 @@ import {
   PubSubError,
   PushError,
   ServiceUnavailableError,
+  UnsupportedMediaTypeError,
   statusTitle,
   TooManyRequestsError,
   UnauthorizedError,
@@ -1610,6 +1611,15 @@ describe('errors: each class has a stable code, an HTTP status and a close code'
       'Too Many Requests',
       1008,
       'Too many requests',
+    ],
+    [
+      'UnsupportedMediaTypeError',
+      new UnsupportedMediaTypeError(),
+      'PUSH_UNSUPPORTED_MEDIA_TYPE',
+      415,
+      'Unsupported Media Type',
+      1003,
+      'Unsupported media type',
     ],
     [
       'ServiceUnavailableError',
