@@ -14,8 +14,19 @@ import { ForbiddenError, PushError, UnauthorizedError, type PushErrorOptions } f
 import type { PushEvent, WireEvent } from './protocol/event.js';
 import type { PushSession } from './session.js';
 
-/** bahamut's AuthAction: `ok` accepts, `ko` refuses with 401, `continue` asks the next plugin. */
-export type AuthAction = 'ok' | 'ko' | 'continue';
+/**
+ * bahamut's AuthAction: `ok` accepts, `ko` refuses with 401, `continue` asks the next plugin.
+ * Go's numeric values are accepted too, so that a ported authenticator can return them as they
+ * are: 0 (`AuthActionOK`, Go's zero value), 1 (`AuthActionKO`), 2 (`AuthActionContinue`).
+ */
+export type AuthAction = 'ok' | 'ko' | 'continue' | 0 | 1 | 2;
+
+/** Go's numeric AuthAction values, by their order in bahamut's `const` block. */
+const NUMERIC_AUTH_ACTIONS: Readonly<Record<number, 'ok' | 'ko' | 'continue'>> = {
+  0: 'ok',
+  1: 'ko',
+  2: 'continue',
+};
 
 /**
  * Wraps a thrown value as a PushError of the phase's default status. The
@@ -55,12 +66,13 @@ export function authPlugin(
     name,
     async session(ctx, next) {
       if (ctx.authenticated) return next();
-      let action: AuthAction;
+      let answer: AuthAction;
       try {
-        action = await authenticate(ctx.session);
+        answer = await authenticate(ctx.session);
       } catch (error) {
         throw asRefusal(error, (m, o) => new UnauthorizedError(m, o));
       }
+      const action = typeof answer === 'number' ? (NUMERIC_AUTH_ACTIONS[answer] ?? answer) : answer;
       if (action === 'ko') throw new UnauthorizedError();
       if (action === 'ok') ctx.authenticated = true;
       else if (action !== 'continue') {

@@ -758,9 +758,12 @@ describe('pushwire/client decodes by the session encoding, not by the frame opco
 
 describe("bahamut's handler interfaces port literally to the helpers (method names lowerCamelCased)", () => {
   // SessionAuthenticator: AuthenticateSession(Session) (AuthAction, error).
+  // bahamut's constants, in the order of its `const` block: the Go values, returned as they are.
+  const AuthActionOK = 0;
+  const AuthActionKO = 1;
   class TokenAuthenticator {
     authenticateSession(session: PushSession): AuthAction {
-      return session.token === TOKEN ? 'ok' : 'ko';
+      return session.token === TOKEN ? AuthActionOK : AuthActionKO;
     }
   }
   // SessionAuthorizer: IsAuthorized(Session) (bool, error).
@@ -782,7 +785,10 @@ describe("bahamut's handler interfaces port literally to the helpers (method nam
       this.lifecycle.push(`stop ${session.parameter('owner')}`);
     }
     summarizeEvent(event: WireEvent): unknown {
-      return (event.entity as { owner?: string }).owner;
+      // Go: `var obj Owned; if err := event.Decode(&obj); err != nil {…}; return obj.Owner, nil`.
+      if (event.encoding !== 'application/msgpack')
+        throw new Error('a publication carries a MessagePack entity');
+      return event.decode<{ owner?: string }>().owner;
     }
     relatedEventIdentities(identity: string): string[] | null {
       // Go's nil for every other identity.

@@ -162,6 +162,11 @@ describe('authPlugin: plugins are asked in order; ok ends with success, ko with 
     [['continue', 'ok', 'ko'], true, ['p0', 'p1']],
     [['continue', 'ko', 'ok'], false, ['p0', 'p1']],
     [['ko', 'ok'], false, ['p0']],
+    // Go's numeric AuthAction, as a literal port returns it: OK = 0, KO = 1, Continue = 2.
+    [[0], true, ['p0']],
+    [[1, 'ok'], false, ['p0']],
+    [[2, 2, 0, 1], true, ['p0', 'p1', 'p2']],
+    [[2, 1, 0], false, ['p0', 'p1']],
   ];
   for (const [answers, accepted, asked] of table) {
     it(`${answers.join(', ')} → ${accepted ? 'accepted' : '401'}, asking ${asked.join(', ')}`, async () => {
@@ -358,8 +363,8 @@ describe('authPlugin: a thrown PushError keeps its own status', () => {
   }
 });
 
-describe('authPlugin: an answer other than ok, ko or continue refuses with 401', () => {
-  const answers: unknown[] = ['OK', 'yes', true, undefined, null, 1];
+describe("authPlugin: an answer other than ok, ko, continue (or Go's 0, 1, 2) refuses with 401", () => {
+  const answers: unknown[] = ['OK', 'yes', true, undefined, null, 3, -1, 0.5, '0'];
   for (const answer of answers) {
     it(`refuses ${JSON.stringify(answer) ?? 'undefined'}, naming the plugin`, async () => {
       await assert.rejects(
