@@ -23,6 +23,14 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${missing[*]} (apt-get)"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  # An install that "succeeded" without the files the tests build from is a failure here, not
+  # a confusing build error later.
+  for dir in ugorji/go/codec gorilla/websocket nats-io/nats.go; do
+    if [ ! -d "$GOSRC/$dir" ]; then
+      echo "ensure-system-deps: $GOSRC/$dir is still missing after apt-get install" >&2
+      exit 1
+    fi
+  done
 else
   echo "missing system packages: ${missing[*]} — install them with: sudo apt-get install -y ${missing[*]}" >&2
 fi

@@ -87,6 +87,8 @@ function goEnv(dir: string): NodeJS.ProcessEnv {
     GOPATH: `${GO_SOURCES}:${SYSTEM_GOPATH}`,
     GOPROXY: 'off',
     GOFLAGS: '',
+    // A developer's own `go env -w` settings (GOFLAGS=-mod=…, GOPROXY) must not change the build.
+    GOENV: 'off',
     GOTOOLCHAIN: 'local',
     CGO_ENABLED: '0',
     GOCACHE: join(dir, 'cache'),
@@ -122,6 +124,13 @@ interface GoProcess {
   /** Resolves when the program exits; rejects if it failed. */
   exited(timeout?: number): Promise<Line[]>;
 }
+
+// Its own test, so that a machine without Go counts a failure (the suite's hook failing only
+// cancels the tests under it), and says what to install: these tests never skip.
+it('Go and the Debian packages of the Go libraries are installed', async () => {
+  const missing = await missingGo();
+  assert.equal(missing, undefined, missing);
+});
 
 describe('Go interop: bahamut, elemental and manipulate against pushwire', () => {
   let dir = '';
