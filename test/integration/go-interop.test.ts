@@ -863,4 +863,160 @@ describe("bahamut's handler interfaces port literally to the helpers (method nam
       assert.deepEqual(dispatcher.lifecycle, ['start ann', 'stop ann']);
     });
   });
+
+  // One test per helper: each ports a Go handler method for method, its `error` results as throws.
+  const describeRefusal = (refusal: { body: unknown }): string =>
+    (refusal.body as Array<{ description: string }>)[0]?.description ?? '';
+
+  it('SessionAuthenticator.AuthenticateSession → authPlugin: OK, KO, Continue (Go values) and an error', async () => {
+    const AuthActionContinue = 2;
+    // Go: an API-key authenticator that leaves token sessions to the next one.
+    class APIKeyAuthenticator {
+      authenticateSession(session: PushSession): AuthAction {
+        const key = session.parameter('apiKey');
+        if (key === '') return AuthActionContinue;
+        if (key === 'broken') throw new Error('key store unreachable');
+        return key === 'k1' ? AuthActionOK : AuthActionKO;
+      }
+    }
+    const first = new APIKeyAuthenticator();
+    const second = new TokenAuthenticator();
+    const plugins = [
+      authPlugin((session) => first.authenticateSession(session), 'apikey'),
+      authPlugin((session) => second.authenticateSession(session), 'token'),
+    ];
+    await withPushApp({ plugins }, async (app, track) => {
+      track(await connectClient(app.wsUrl, { query: { apiKey: 'k1', token: 'wrong' } }));
+      track(await connectClient(app.wsUrl, { query: { token: TOKEN } }));
+      const ko = await expectRefusal(app.wsUrl, { query: { apiKey: 'k2', token: TOKEN } });
+      assert.equal(ko.status, 401);
+      assert.equal(describeRefusal(ko), 'You are not authorized to start a session');
+      const continued = await expectRefusal(app.wsUrl, { query: { token: 'wrong' } });
+      assert.equal(continued.status, 401);
+      const failed = await expectRefusal(app.wsUrl, { query: { apiKey: 'broken' } });
+      assert.equal(failed.status, 401);
+      assert.equal(describeRefusal(failed), 'key store unreachable');
+      assert.equal(app.push.sessions().length, 2);
+    });
+  });
+
+  it('SessionAuthorizer.IsAuthorized → initPlugin: true, false and an error', async () => {
+    class RoleAuthorizer {
+      isAuthorized(session: PushSession): boolean {
+        if (session.parameter('role') === 'ghost') throw new Error('no such role: ghost');
+        return session.parameter('role') === 'reader';
+      }
+    }
+    const authorizer = new RoleAuthorizer();
+    const plugins = [initPlugin((session) => authorizer.isAuthorized(session))];
+    await withPushApp({ plugins }, async (app, track) => {
+      track(await connectClient(app.wsUrl, { query: { role: 'reader' } }));
+      const no = await expectRefusal(app.wsUrl, { query: { role: 'writer' } });
+      assert.equal(no.status, 403);
+      const absent = await expectRefusal(app.wsUrl);
+      assert.equal(absent.status, 403, "an absent parameter is '', as in Go");
+      const failed = await expectRefusal(app.wsUrl, { query: { role: 'ghost' } });
+      assert.equal(failed.status, 403);
+      assert.equal(describeRefusal(failed), 'no such role: ghost');
+      assert.equal(app.push.sessions().length, 1);
+    });
+  });
+
+  it('PushDispatchHandler, all six methods → dispatchPlugin: their errors as bahamut treats them', async () => {
+    class FailingDispatcher {
+      readonly started: string[] = [];
+      readonly stopped: string[] = [];
+      onPushSessionInit(session: PushSession): boolean {
+        if (session.parameter('init') === 'error') throw new Error('init store down');
+        return session.parameter('init') !== 'no';
+      }
+      onPushSessionStart(session: PushSession): void {
+        this.started.push(session.parameter('name'));
+      }
+      onPushSessionStop(session: PushSession): void {
+        this.stopped.push(session.parameter('name'));
+      }
+      summarizeEvent(event: WireEvent): unknown {
+        // Go: an error drops the event for every session.
+        const entity = event.decode<{ ID: string; owner?: string }>();
+        if (entity.ID === 'undecodable') throw new Error('cannot summarize');
+        return entity.owner ?? '';
+      }
+      relatedEventIdentities(identity: string): string[] | null {
+        return identity === 'comment' ? ['task'] : null;
+      }
+      shouldDispatch(session: PushSession, event: WireEvent, summary: unknown): boolean {
+        // Go: an error skips that session only.
+        if (session.parameter('name') === 'fragile' && summary === 'boom') throw new Error('x');
+        return event.identity !== 'task' || summary !== 'hidden';
+      }
+    }
+    const dispatcher = new FailingDispatcher();
+    await withPushApp({ plugins: [dispatchPlugin(dispatcher)] }, async (app, track) => {
+      const no = await expectRefusal(app.wsUrl, { query: { init: 'no' } });
+      assert.equal(no.status, 403);
+      assert.equal(describeRefusal(no), 'You are not authorized to initiate a push session');
+      const failed = await expectRefusal(app.wsUrl, { query: { init: 'error' } });
+      assert.equal(failed.status, 403);
+      assert.equal(describeRefusal(failed), 'init store down');
+      const sturdy = track(await connectClient(app.wsUrl, { query: { name: 'sturdy' } }));
+      const fragile = track(await connectClient(app.wsUrl, { query: { name: 'fragile' } }));
+      for (const client of [sturdy, fragile]) client.sendConfig({ identities: { task: [] } });
+      await waitFor(
+        () =>
+          app.push.sessions().length === 2 &&
+          app.push.sessions().every((s) => s.pushConfig !== undefined),
+        { timeout: STEP_MS, message: 'no configs' },
+      );
+      await app.push.publish(
+        { identity: 'task', type: 'create', entity: { ID: 'undecodable' } },
+        { identity: 'task', type: 'create', entity: { ID: 'hidden', owner: 'hidden' } },
+        { identity: 'task', type: 'create', entity: { ID: 'boom', owner: 'boom' } },
+        { identity: 'user', type: 'create', entity: { ID: 'other identity' } },
+        { identity: 'comment', type: 'create', entity: { ID: 'related' } },
+      );
+      const ids = (events: Array<{ entity: unknown }>): string[] =>
+        events.map((e) => (e.entity as { ID: string }).ID);
+      assert.deepEqual(ids(await sturdy.waitForEvents(2, STEP_MS)), ['boom', 'related']);
+      assert.deepEqual(ids(await fragile.waitForEvents(1, STEP_MS)), ['related']);
+      assert.deepEqual(dispatcher.started.sort(), ['fragile', 'sturdy']);
+      sturdy.close();
+      await waitFor(() => dispatcher.stopped.length === 1, {
+        timeout: STEP_MS,
+        message: 'onPushSessionStop did not run',
+      });
+      assert.deepEqual(dispatcher.stopped, ['sturdy']);
+    });
+  });
+
+  it('PushPublishHandler.ShouldPublish → publishPlugin: true publishes, false drops quietly, an error rejects publish()', async () => {
+    class DraftFilter {
+      shouldPublish(event: Readonly<PushEvent>): boolean {
+        if (event.type === 'corrupt') throw new Error('cannot tell');
+        return (event.entity as { draft?: boolean }).draft !== true;
+      }
+    }
+    const filter = new DraftFilter();
+    await withPushApp(
+      { plugins: [publishPlugin((event) => filter.shouldPublish(event))] },
+      async (app, track) => {
+        const client = track(await connectClient(app.wsUrl));
+        await app.push.publish(
+          { identity: 'task', type: 'create', entity: { ID: 'draft', draft: true } },
+          { identity: 'task', type: 'create', entity: { ID: 'final' } },
+        );
+        // Documented difference (README): Go skips only that event; publish() rejects.
+        await assert.rejects(
+          app.push.publish({ identity: 'task', type: 'corrupt', entity: { ID: 'x' } }),
+          /cannot tell/,
+        );
+        await app.push.publish({ identity: 'task', type: 'create', entity: { ID: 'after' } });
+        const events = await client.waitForEvents(2, STEP_MS);
+        assert.deepEqual(
+          events.map((e) => (e.entity as { ID: string }).ID),
+          ['final', 'after'],
+        );
+      },
+    );
+  });
 });
