@@ -174,7 +174,8 @@ const wrongTypes = fc.oneof(
       minKeys: 1,
     }),
   }),
-  fc.record({ unknown: fc.jsonValue() }),
+  // An unknown key is ignored (section 4): it is the wrongly typed known key that makes this invalid.
+  fc.record({ identities: fc.oneof(fc.integer(), fc.string()), unknown: fc.jsonValue() }),
   fc.constantFrom(null, 0, 'config', [], [1, 2], true),
 );
 
@@ -220,6 +221,19 @@ const INVALID_UTF8 = [
 function frameArb(encoding: SessionEncoding): fc.Arbitrary<Frame> {
   return fc.oneof(
     { weight: 4, arbitrary: validConfig.map((c) => frameOf(encoding, c, 'valid config', 'valid')) },
+    {
+      weight: 1,
+      // Keys a newer client may send (section 4: ignored), beside a valid config.
+      arbitrary: fc
+        .tuple(
+          validConfig,
+          fc.oneof(fc.string({ maxLength: 20 }), fc.integer()),
+          fc.dictionary(identityName, fc.integer(), { maxKeys: 3 }),
+        )
+        .map(([c, since, future]) =>
+          frameOf(encoding, { ...c, since, future }, 'valid config with unknown keys', 'valid'),
+        ),
+    },
     { weight: 3, arbitrary: wrongTypes.map((c) => frameOf(encoding, c, 'wrong types', 'invalid')) },
     {
       weight: 2,
