@@ -111,7 +111,14 @@ export interface PushClientOptions {
    * the attempt counts as failed and is retried.
    */
   token?: string | (() => string | undefined | Promise<string | undefined>);
-  /** `json` (text frames, the default) or `msgpack` (binary frames), both directions. */
+  /**
+   * `json` (the default) or `msgpack`, both directions. Messages are read by this encoding,
+   * whatever their frame type: bahamut sends MessagePack events in text frames, which
+   * `pushwire/client/node` reads as bytes. A browser's WebSocket cannot: it fails the
+   * connection on a text frame that is not UTF-8, and turns one that is into a string, from
+   * which the bytes are lost (a PushDecodeError). In a browser, use `json` against a bahamut
+   * server; pushwire itself sends MessagePack in binary frames, which browsers read.
+   */
   encoding?: PushEncoding;
   /**
    * Ask the server for error events (`enableErrors`), so an invalid push
@@ -202,14 +209,22 @@ export interface PushClient extends AsyncIterable<ReceivedEvent> {
 export interface Transport {
   WebSocket?: WebSocketConstructor;
   /**
-   * Opens a socket whose handshake carries `headers`. Absent where the WebSocket API cannot
-   * send headers (browsers): the `headers` option is then refused at creation.
+   * Opens a socket, its handshake carrying `headers` when given. Absent where the WebSocket API
+   * cannot send headers (browsers): the `headers` option is then refused at creation, and
+   * sockets are made with `new WebSocket(url)`.
    */
-  openWithHeaders?(
+  open?(
     WebSocketClass: WebSocketConstructor,
     url: string,
-    headers: Record<string, string>,
+    headers: Record<string, string> | undefined,
   ): WebSocketLike;
+  /**
+   * Hands every message of `socket` to `deliver` as the bytes that came on the wire, text
+   * frames included, and answers true; false when it cannot (the client then reads `onmessage`,
+   * where a text frame is already a string). bahamut sends MessagePack events in text frames,
+   * which only their bytes can decode.
+   */
+  watchMessages?(socket: WebSocketLike, deliver: (data: unknown) => void): boolean;
   /** Checks the `WebSocket` option's class at creation; throws TypeError when it cannot work. */
   checkWebSocket?(WebSocketClass: WebSocketConstructor): void;
   watchRefusal?(socket: WebSocketLike, report: (status: number, body: unknown) => void): void;
@@ -292,7 +307,7 @@ class Client implements PushClient {
         'no WebSocket class: pass options.WebSocket, or import pushwire/client/node in Node < 22',
       );
     }
-    if (options.headers !== undefined && transport.openWithHeaders === undefined) {
+    if (options.headers !== undefined && transport.open === undefined) {
       throw new TypeError(
         "headers: a browser's WebSocket cannot send request headers; use token or parameters (in Node, import pushwire/client/node)",
       );
@@ -464,11 +479,9 @@ class Client implements PushClient {
     const WebSocketClass = this.#webSocketClass() as WebSocketConstructor;
     let socket: WebSocketLike;
     try {
-      const open = this.#transport.openWithHeaders;
+      const open = this.#transport.open;
       socket =
-        headers !== undefined && open !== undefined
-          ? open(WebSocketClass, url.href, headers)
-          : new WebSocketClass(url.href);
+        open !== undefined ? open(WebSocketClass, url.href, headers) : new WebSocketClass(url.href);
     } catch (error) {
       // The URL was checked at creation, so this does not get better by retrying.
       this.#stop('closed');
@@ -491,9 +504,12 @@ class Client implements PushClient {
       this.#sendConfig();
       this.#emit('open', { retries: this.#failures });
     };
-    handlers.onmessage = (message) => {
-      if (generation === this.#generation) this.#receive(message.data);
+    const deliver = (data: unknown): void => {
+      if (generation === this.#generation) this.#receive(data);
     };
+    if (this.#transport.watchMessages?.(socket, deliver) !== true) {
+      handlers.onmessage = (message) => deliver(message.data);
+    }
     // An error event is always followed by a close event, which carries what there is to know.
     handlers.onerror = () => undefined;
     handlers.onclose = (close) => {
@@ -505,7 +521,8 @@ class Client implements PushClient {
   #receive(data: unknown): void {
     let event: ReceivedEvent;
     try {
-      event = decodeEvent(data);
+      // By the session's encoding, not by the opcode: bahamut sends MessagePack in text frames.
+      event = decodeEvent(data, this.#options.encoding ?? 'json');
     } catch (error) {
       this.#emit('error', error as Error);
       return;

@@ -75,15 +75,34 @@ function checkWebSocket(WebSocketClass: WebSocketConstructor): void {
   }
 }
 
-/** Opens a `ws` socket whose handshake carries `headers`. */
-function openWithHeaders(
+/**
+ * Opens a `ws` socket, its handshake carrying `headers` when given. UTF-8 is not checked at the
+ * frame level: bahamut sends MessagePack events in text frames, which `ws` would otherwise close
+ * with 1007; the JSON decoding of events checks UTF-8 itself (client/protocol.ts).
+ */
+function open(
   WebSocketClass: WebSocketConstructor,
   url: string,
-  headers: Record<string, string>,
+  headers: Record<string, string> | undefined,
 ): WebSocketLike {
   // ws's constructor takes (address, protocols?, options?): an object second is the options.
   const Ws = WebSocketClass as unknown as new (url: string, options: object) => WebSocketLike;
-  return new Ws(url, { headers });
+  return new Ws(
+    url,
+    headers === undefined ? { skipUTF8Validation: true } : { headers, skipUTF8Validation: true },
+  );
+}
+
+/**
+ * Reads messages through `ws`'s own `message` event, which gives a text frame as its bytes (a
+ * Buffer) where `onmessage` would give a string: a MessagePack event in a text frame, as bahamut
+ * sends them, is decoded from those bytes.
+ */
+function watchMessages(socket: WebSocketLike, deliver: (data: unknown) => void): boolean {
+  const emitter = socket as unknown as WebSocket;
+  if (typeof emitter.on !== 'function') return false;
+  emitter.on('message', (data: WebSocket.RawData) => deliver(data));
+  return true;
 }
 
 /**
@@ -94,7 +113,13 @@ function openWithHeaders(
  * still read: anything else throws a TypeError.
  */
 export function createPushClient(url: string | URL, options: PushClientOptions = {}): PushClient {
-  return createClient(url, options, { WebSocket, watchRefusal, openWithHeaders, checkWebSocket });
+  return createClient(url, options, {
+    WebSocket,
+    watchRefusal,
+    open,
+    watchMessages,
+    checkWebSocket,
+  });
 }
 
 export * from './index.js';

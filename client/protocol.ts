@@ -32,6 +32,7 @@ export interface ReceivedEvent<E = unknown> {
 
 const JSON_MEDIA_TYPE = 'application/json';
 const utf8 = new TextDecoder();
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
 
 function asRecord(value: unknown): Record<string, unknown> {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
@@ -65,28 +66,25 @@ function toEvent(map: Record<string, unknown>, entity: unknown): ReceivedEvent {
   };
 }
 
-/**
- * Decodes one WebSocket message into an event: a text frame is JSON, a
- * binary frame MessagePack whose `entity` is a bin holding the entity's own
- * MessagePack bytes (or, if the event says `application/json`, its JSON
- * text). Throws {@link PushDecodeError}.
- */
-export function decodeEvent(data: unknown): ReceivedEvent {
-  if (typeof data === 'string') {
-    let raw: unknown;
-    try {
-      raw = JSON.parse(data);
-    } catch {
-      throw new PushDecodeError('a text message that is not JSON');
-    }
-    const map = asRecord(raw);
-    return toEvent(map, map.entity ?? null);
+function asBytes(data: unknown): Uint8Array | undefined {
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (ArrayBuffer.isView(data))
+    return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  return undefined;
+}
+
+function decodeJsonEvent(text: string): ReceivedEvent {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw new PushDecodeError('a message that is not JSON');
   }
-  let bytes: Uint8Array;
-  if (data instanceof ArrayBuffer) bytes = new Uint8Array(data);
-  else if (ArrayBuffer.isView(data))
-    bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  else throw new PushDecodeError('a message that is neither text nor bytes');
+  const map = asRecord(raw);
+  return toEvent(map, map.entity ?? null);
+}
+
+function decodeMsgpackEvent(bytes: Uint8Array): ReceivedEvent {
   let map: Record<string, unknown>;
   let entity: unknown;
   try {
@@ -98,9 +96,50 @@ export function decodeEvent(data: unknown): ReceivedEvent {
     }
   } catch (error) {
     if (error instanceof PushDecodeError) throw error;
-    throw new PushDecodeError(`a binary message that does not decode: ${(error as Error).message}`);
+    throw new PushDecodeError(
+      `a MessagePack message that does not decode: ${(error as Error).message}`,
+    );
   }
   return toEvent(map, entity ?? null);
+}
+
+/**
+ * Decodes one WebSocket message into an event, by the session's encoding
+ * when it is given: bahamut writes every message as a text frame, its
+ * MessagePack events included (PROTOCOL.md section 3), so the frame's
+ * opcode says nothing. `json`: the message is JSON, as a string or as
+ * bytes (strict UTF-8). `msgpack`: the message is bytes, a map whose
+ * `entity` is a bin holding the entity's own MessagePack bytes (or, if the
+ * event says `application/json`, its JSON text); a string is refused, since
+ * a WebSocket that decoded a MessagePack text frame as text has lost its
+ * bytes (the transport must hand text frames over as bytes). Without
+ * `encoding` (older callers), the opcode decides: a string is JSON, bytes
+ * are MessagePack. Throws {@link PushDecodeError}.
+ */
+export function decodeEvent(data: unknown, encoding?: PushEncoding): ReceivedEvent {
+  const bytes = asBytes(data);
+  if (typeof data !== 'string' && bytes === undefined) {
+    throw new PushDecodeError('a message that is neither text nor bytes');
+  }
+  if (encoding === 'msgpack') {
+    if (bytes === undefined) {
+      throw new PushDecodeError(
+        'a MessagePack session got a message already decoded as text: its bytes are lost',
+      );
+    }
+    return decodeMsgpackEvent(bytes);
+  }
+  if (encoding === 'json') {
+    if (typeof data === 'string') return decodeJsonEvent(data);
+    let text: string;
+    try {
+      text = strictUtf8.decode(bytes);
+    } catch {
+      throw new PushDecodeError('a JSON message that is not UTF-8');
+    }
+    return decodeJsonEvent(text);
+  }
+  return typeof data === 'string' ? decodeJsonEvent(data) : decodeMsgpackEvent(bytes!);
 }
 
 /**

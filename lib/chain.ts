@@ -173,4 +173,12 @@ export interface Plugin {
   onSessionStart?(session: PushSession): void | Promise<void>;
   /** After the session closed and was unregistered. */
   onSessionStop?(session: PushSession, info: SessionStopInfo): void | Promise<void>;
+  /**
+   * After a valid push config changed the session's token (its `parameters.token`, as Go
+   * clients renew a token), with that token (`session.token` is already it). For auth plugins
+   * to re-verify: a throw or rejection closes the session, with a thrown PushError's close
+   * code (1008 for an UnauthorizedError) or 1008. Not called for a config that leaves the
+   * token as it was. Renewals of one session are handled one at a time, in order.
+   */
+  onTokenRenewal?(session: PushSession, token: string): void | Promise<void>;
 }

@@ -29,6 +29,7 @@ const TITLES: Record<number, string> = {
   401: 'Unauthorized',
   403: 'Forbidden',
   404: 'Not Found',
+  415: 'Unsupported Media Type',
   426: 'Upgrade Required',
   429: 'Too Many Requests',
   500: 'Internal Server Error',
@@ -87,6 +88,16 @@ export class PushError extends Error {
 export class BadRequestError extends PushError {
   constructor(message = 'Bad request', options?: PushErrorOptions) {
     super(message, 'PUSH_BAD_REQUEST', 400, 1003, options);
+  }
+}
+
+/**
+ * 415: an unsupported `Content-Type`, `Accept` or `encoding`, as bahamut answers an
+ * unsupported media type (elemental's EncodingFromHeaders).
+ */
+export class UnsupportedMediaTypeError extends PushError {
+  constructor(message = 'Unsupported media type', options?: PushErrorOptions) {
+    super(message, 'PUSH_UNSUPPORTED_MEDIA_TYPE', 415, 1003, options);
   }
 }
 

@@ -30,6 +30,7 @@ export type { AuthAction, DispatchHandlers } from './plugins.js';
 export {
   PushError,
   BadRequestError,
+  UnsupportedMediaTypeError,
   UnauthorizedError,
   ForbiddenError,
   TooManyRequestsError,

@@ -298,6 +298,9 @@ export function pushMiddleware(
     maxPayload: options.maxPayload,
     perMessageDeflate: false,
     clientTracking: false,
+    // Go clients (manipulate, through wsc) send MessagePack push configs in TEXT frames, which
+    // ws would close with 1007; the JSON decoding of configs checks UTF-8 itself (strict).
+    skipUTF8Validation: true,
   });
   wss.on('error', (error) =>
     logger.warn({ err: describeError(error) }, 'pushwire: ws server error'),

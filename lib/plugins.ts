@@ -2,13 +2,31 @@
  * Helpers that build plugins from plain functions, with bahamut's meanings,
  * so that a custom plugin is a few lines.
  */
-import type { DispatchContext, DispatchPredicate, Next, Plugin, PublishContext } from './chain.js';
+import type {
+  DispatchContext,
+  DispatchPredicate,
+  Next,
+  Plugin,
+  PublishContext,
+  SessionStopInfo,
+} from './chain.js';
 import { ForbiddenError, PushError, UnauthorizedError, type PushErrorOptions } from './errors.js';
 import type { PushEvent, WireEvent } from './protocol/event.js';
 import type { PushSession } from './session.js';
 
-/** bahamut's AuthAction: `ok` accepts, `ko` refuses with 401, `continue` asks the next plugin. */
-export type AuthAction = 'ok' | 'ko' | 'continue';
+/**
+ * bahamut's AuthAction: `ok` accepts, `ko` refuses with 401, `continue` asks the next plugin.
+ * Go's numeric values are accepted too, so that a ported authenticator can return them as they
+ * are: 0 (`AuthActionOK`, Go's zero value), 1 (`AuthActionKO`), 2 (`AuthActionContinue`).
+ */
+export type AuthAction = 'ok' | 'ko' | 'continue' | 0 | 1 | 2;
+
+/** Go's numeric AuthAction values, by their order in bahamut's `const` block. */
+const NUMERIC_AUTH_ACTIONS: Readonly<Record<number, 'ok' | 'ko' | 'continue'>> = {
+  0: 'ok',
+  1: 'ko',
+  2: 'continue',
+};
 
 /**
  * Wraps a thrown value as a PushError of the phase's default status. The
@@ -48,12 +66,13 @@ export function authPlugin(
     name,
     async session(ctx, next) {
       if (ctx.authenticated) return next();
-      let action: AuthAction;
+      let answer: AuthAction;
       try {
-        action = await authenticate(ctx.session);
+        answer = await authenticate(ctx.session);
       } catch (error) {
         throw asRefusal(error, (m, o) => new UnauthorizedError(m, o));
       }
+      const action = typeof answer === 'number' ? (NUMERIC_AUTH_ACTIONS[answer] ?? answer) : answer;
       if (action === 'ko') throw new UnauthorizedError();
       if (action === 'ok') ctx.authenticated = true;
       else if (action !== 'continue') {
@@ -88,20 +107,85 @@ export function initPlugin(
   };
 }
 
-/** The functions of a dispatch plugin, bahamut's PushDispatchHandler. */
+/**
+ * The functions of a dispatch plugin: bahamut's PushDispatchHandler, its
+ * method names lowerCamelCased, so that a Go handler ports literally.
+ */
 export interface DispatchHandlers<S = unknown> {
   /** Computes once per event what `shouldDispatch` needs. A throw drops the event (logged). */
   summarizeEvent?(event: WireEvent): S | Promise<S>;
-  /** Other identities whose push-config entries also accept this event. */
-  relatedIdentities?(event: WireEvent): readonly string[];
+  /**
+   * bahamut's `RelatedEventIdentities(identity)`: other identities whose
+   * push-config entries also accept an event of this identity (the event is
+   * given second). null or undefined (Go's nil) means none. A throw drops
+   * the event (logged).
+   */
+  relatedIdentities?(identity: string, event: WireEvent): readonly string[] | null | undefined;
+  /** bahamut's name for {@link DispatchHandlers.relatedIdentities}; give one of the two. */
+  relatedEventIdentities?(identity: string, event: WireEvent): readonly string[] | null | undefined;
   /**
    * Per (event, session): true to send. Keep it synchronous: it runs for
    * every session. A throw counts as false for that session (logged).
    */
   shouldDispatch?(session: PushSession, event: WireEvent, summary: S): boolean | Promise<boolean>;
+  /**
+   * bahamut's `OnPushSessionInit`: runs in the session phase, before the
+   * handshake, where this plugin is registered (after the auth plugins, as
+   * bahamut runs it, when registered after them). true accepts; anything
+   * else refuses with 403 "You are not authorized to initiate a push
+   * session"; a throw refuses with 403 and its message (a PushError keeps
+   * its status).
+   */
+  onPushSessionInit?(session: PushSession): boolean | Promise<boolean>;
+  /** bahamut's `OnPushSessionStart`: the plugin's `onSessionStart` hook (a throw is logged). */
+  onPushSessionStart?(session: PushSession): void | Promise<void>;
+  /** bahamut's `OnPushSessionStop`: the plugin's `onSessionStop` hook (a throw is logged). */
+  onPushSessionStop?(session: PushSession, info: SessionStopInfo): void | Promise<void>;
 }
 
-/** A dispatch plugin from bahamut-style functions. */
+/** bahamut's text for a session that `OnPushSessionInit` refused. */
+const PUSH_SESSION_INIT_REFUSED = 'You are not authorized to initiate a push session';
+
+const DISPATCH_HANDLER_KEYS: ReadonlySet<string> = new Set([
+  'summarizeEvent',
+  'relatedIdentities',
+  'relatedEventIdentities',
+  'shouldDispatch',
+  'onPushSessionInit',
+  'onPushSessionStart',
+  'onPushSessionStop',
+]);
+
+/**
+ * The names of the functions `handlers` has, own or inherited (a class
+ * implementing PushDispatchHandler has its methods on its prototype), up to
+ * Object.prototype.
+ */
+function functionKeys(handlers: object): string[] {
+  const keys = new Set<string>();
+  for (
+    let o: object | null = handlers;
+    o !== null && o !== Object.prototype;
+    o = Object.getPrototypeOf(o) as object | null
+  ) {
+    for (const key of Object.getOwnPropertyNames(o)) {
+      if (key === 'constructor') continue;
+      const descriptor = Object.getOwnPropertyDescriptor(o, key);
+      if (descriptor !== undefined && typeof descriptor.value === 'function') keys.add(key);
+    }
+  }
+  return [...keys];
+}
+
+/**
+ * A dispatch plugin from bahamut-style functions, or from an object or class
+ * ported from Go's PushDispatchHandler (see {@link DispatchHandlers}).
+ * Throws TypeError, at creation, for a handler key that is not a function,
+ * for a function of a name it does not know (so that a handler is never
+ * silently ignored; a helper method of a class can be `#private` or start
+ * with `_`), and when both `relatedIdentities` and `relatedEventIdentities`
+ * are given.
+ */
 export function dispatchPlugin<S = unknown>(
   handlers: DispatchHandlers<S>,
   name = 'dispatch',
@@ -111,11 +195,26 @@ export function dispatchPlugin<S = unknown>(
   }
   // Checked here, like the other helpers do, so that a typo fails at startup
   // rather than dropping every event at dispatch time.
-  for (const key of ['summarizeEvent', 'relatedIdentities', 'shouldDispatch'] as const) {
-    if (handlers[key] !== undefined && typeof handlers[key] !== 'function') {
+  for (const key of DISPATCH_HANDLER_KEYS) {
+    const value = (handlers as Record<string, unknown>)[key];
+    if (value !== undefined && typeof value !== 'function') {
       throw new TypeError(`dispatchPlugin: ${key} must be a function`);
     }
   }
+  for (const key of functionKeys(handlers)) {
+    if (!DISPATCH_HANDLER_KEYS.has(key) && !key.startsWith('_')) {
+      throw new TypeError(
+        `dispatchPlugin: unknown handler ${key} (known: ${[...DISPATCH_HANDLER_KEYS].join(', ')})`,
+      );
+    }
+  }
+  if (handlers.relatedIdentities !== undefined && handlers.relatedEventIdentities !== undefined) {
+    throw new TypeError(
+      'dispatchPlugin: give relatedIdentities or relatedEventIdentities, not both',
+    );
+  }
+  const related =
+    handlers.relatedIdentities !== undefined ? 'relatedIdentities' : 'relatedEventIdentities';
   // Called as methods of `handlers` (not destructured): a class implementing
   // bahamut's PushDispatchHandler reads its own fields through `this`.
   //
@@ -139,16 +238,18 @@ export function dispatchPlugin<S = unknown>(
     return (session) => check(session, event, summary);
   };
   const proceed = (ctx: DispatchContext, next: Next, summary: S): Promise<void> => {
-    if (handlers.relatedIdentities) {
-      for (const identity of handlers.relatedIdentities(ctx.event)) {
-        ctx.relatedIdentities.push(identity);
+    // Looked up at each event, as the other handlers are; called as a method (`this`).
+    if (handlers[related] !== undefined) {
+      const identities = handlers[related](ctx.event.identity, ctx.event);
+      if (identities !== null && identities !== undefined) {
+        for (const identity of identities) ctx.relatedIdentities.push(identity);
       }
     }
     const shouldDispatch = handlers.shouldDispatch;
     if (shouldDispatch) ctx.predicates.push(predicateFor(shouldDispatch, ctx.event, summary));
     return next();
   };
-  return {
+  const plugin: Plugin = {
     name,
     // Not an async function: when summarizeEvent is synchronous, next() is called in the same
     // turn, and the core then fans the event out with the others of that turn (an `await` here
@@ -161,6 +262,25 @@ export function dispatchPlugin<S = unknown>(
       return proceed(ctx, next, summary as S);
     },
   };
+  if (handlers.onPushSessionInit !== undefined) {
+    plugin.session = async (ctx, next) => {
+      let ok: boolean;
+      try {
+        ok = await handlers.onPushSessionInit!(ctx.session);
+      } catch (error) {
+        throw asRefusal(error, (m, o) => new ForbiddenError(m ?? PUSH_SESSION_INIT_REFUSED, o));
+      }
+      if (ok !== true) throw new ForbiddenError(PUSH_SESSION_INIT_REFUSED);
+      return next();
+    };
+  }
+  if (handlers.onPushSessionStart !== undefined) {
+    plugin.onSessionStart = (session) => handlers.onPushSessionStart!(session);
+  }
+  if (handlers.onPushSessionStop !== undefined) {
+    plugin.onSessionStop = (session, info) => handlers.onPushSessionStop!(session, info);
+  }
+  return plugin;
 }
 
 function isThenable(value: unknown): value is PromiseLike<unknown> {

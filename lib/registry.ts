@@ -10,13 +10,13 @@ import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import type { SessionContext } from './chain.js';
 import {
-  BadRequestError,
   ForbiddenError,
   InvalidEventError,
   InvalidPushConfigError,
   PushError,
   ServiceUnavailableError,
   TooManyRequestsError,
+  UnsupportedMediaTypeError,
 } from './errors.js';
 import { EventFrames } from './event-frames.js';
 import type { FanOut } from './fan-out.js';
@@ -32,7 +32,7 @@ import {
   SelectorPool,
   type PushConfigLimits,
 } from './protocol/push-config.js';
-import { ServerSession, type SessionHost } from './session.js';
+import { renewSessionToken, ServerSession, type SessionHost } from './session.js';
 import { increment, type PushStats } from './stats.js';
 import type { SessionTransport } from './transport/contract.js';
 import { webSocketBinder } from './transport/websocket.js';
@@ -139,7 +139,9 @@ export class SessionRegistry implements SessionHost {
         query.get('encoding') ?? undefined,
       );
     } catch (error) {
-      if (error instanceof UnsupportedEncodingError) throw new BadRequestError(error.message);
+      if (error instanceof UnsupportedEncodingError) {
+        throw new UnsupportedMediaTypeError(error.message);
+      }
       throw error;
     }
     const ip = (request as { ip?: unknown }).ip;
@@ -307,6 +309,9 @@ export class SessionRegistry implements SessionHost {
     session.config = this.#selectors.acquire(config);
     if (previous !== undefined) this.#selectors.release(previous);
     session.errorState = false;
+    if (session.mergeParameters(config.parameters)) {
+      renewSessionToken(session, this.#options.plugins, this.#options.logger);
+    }
     const since = session.config.input.since;
     // Without history a `since` is ignored, as any key the server does not know: the client sees
     // no recovery frame, which tells it this server keeps no history.

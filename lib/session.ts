@@ -4,6 +4,9 @@
  */
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
+import type { Plugin } from './chain.js';
+import { PushError } from './errors.js';
+import { describeError, type Logger } from './logger.js';
 import { MSGPACK_MEDIA_TYPE, type SessionEncodings } from './protocol/encoding.js';
 import type { PushEvent } from './protocol/event.js';
 import type { PushConfig } from './protocol/push-config.js';
@@ -13,11 +16,21 @@ import { FrameFormat, type SessionTransport } from './transport/contract.js';
 export interface PushSession {
   /** A unique id (a random UUID). */
   readonly id: string;
-  /** The `token` query parameter, or '' when there is none. */
+  /**
+   * bahamut's `Token()`, which is `Parameter("token")`: the `token` query parameter, or the
+   * one a later push config set in its `parameters` (a renewal, as Go clients send it), or
+   * '' when there is none. Plugins with an `onTokenRenewal` hook are told of each change.
+   */
   readonly token: string;
-  /** The first value of a parameter: the push config's parameters first, then the query. */
-  parameter(name: string): string | undefined;
-  /** Every value of a parameter: the push config's when it sets it, else the query's. */
+  /**
+   * The first value of a parameter, or '' when it has none (bahamut's `Parameter`, so that a
+   * Go check `== ""` ports as `=== ''`; test presence with `parameters(name).length`). The
+   * query's parameters, each replaced by the values the latest push config that named it
+   * gave: config parameters are merged for the life of the session, not only while that
+   * config is the current one.
+   */
+  parameter(name: string): string;
+  /** Every value of a parameter, merged as {@link PushSession.parameter} says; [] when absent. */
   parameters(name: string): readonly string[];
   /** A request header (case-insensitive), as sent in the upgrade request. */
   header(name: string): string | undefined;
@@ -143,7 +156,6 @@ export interface SessionInit {
 /** The server's side of a session. Not exported from the package: plugins see {@link PushSession}. */
 export class ServerSession implements PushSession {
   readonly id: string;
-  readonly token: string;
   readonly clientIP: string;
   /** When the session was created, in milliseconds: what the hot path compares with. */
   readonly startMs = Date.now();
@@ -170,6 +182,16 @@ export class ServerSession implements PushSession {
   #claimsMap: Readonly<Record<string, string>> = NO_CLAIMS_MAP;
   #metadata: unknown;
   #cookies: Map<string, string> | undefined;
+  /** `parameter('token')`, kept because plugins read it per (event, session). */
+  #token: string;
+  /**
+   * The parameters push configs set, each replacing the query's values of that name for the
+   * rest of the session (bahamut merges them into the session's parameters). Made by the
+   * first config that has parameters: most sessions never need it.
+   */
+  #merged: Map<string, readonly string[]> | undefined;
+  /** Token renewals are verified one after the other, so the last one sent has the last word. */
+  renewalTail: Promise<void> | undefined;
 
   /** The last valid push config. */
   config: PushConfig | undefined;
@@ -214,21 +236,41 @@ export class ServerSession implements PushSession {
     this.clientIP = init.clientIP;
     this.encodings = init.encodings;
     this.binary = init.encodings.write === MSGPACK_MEDIA_TYPE;
-    this.token = init.query.get('token') ?? '';
+    this.#token = init.query.get('token') ?? '';
+  }
+
+  get token(): string {
+    return this.#token;
   }
 
   get startTime(): Date {
     return (this.#startTime ??= new Date(this.startMs));
   }
 
-  parameter(name: string): string | undefined {
-    const fromConfig = this.config?.parameters[name];
-    if (fromConfig !== undefined) return fromConfig[0];
-    return new URLSearchParams(this.#search).get(name) ?? undefined;
+  parameter(name: string): string {
+    const merged = this.#merged?.get(name);
+    if (merged !== undefined) return merged[0] ?? '';
+    return new URLSearchParams(this.#search).get(name) ?? '';
   }
 
   parameters(name: string): readonly string[] {
-    return this.config?.parameters[name] ?? new URLSearchParams(this.#search).getAll(name);
+    return this.#merged?.get(name) ?? new URLSearchParams(this.#search).getAll(name);
+  }
+
+  /**
+   * Merges the parameters of a valid push config into the session's, for its life (bahamut):
+   * each name given replaces that name's values, the others keep theirs. Answers true when
+   * `token` changed, so that the caller runs the renewal hooks ({@link renewSessionToken}).
+   */
+  mergeParameters(parameters: Readonly<Record<string, readonly string[]>>): boolean {
+    const names = Object.keys(parameters);
+    if (names.length === 0) return false;
+    this.#merged ??= new Map();
+    for (const name of names) this.#merged.set(name, parameters[name] ?? []);
+    const token = this.parameter('token');
+    if (token === this.#token) return false;
+    this.#token = token;
+    return true;
   }
 
   header(name: string): string | undefined {
@@ -306,4 +348,39 @@ export class ServerSession implements PushSession {
     this.#ended = true;
     this.#abort?.abort();
   }
+}
+
+/**
+ * Tells the plugins with an `onTokenRenewal` hook, in registration order, that a push config
+ * changed the session's token (`parameters.token`, as Go clients renew it). A hook that throws
+ * or rejects ends the session: with the thrown PushError's close code (1008 for an
+ * UnauthorizedError), else 1008, and a reason that is the error's message only for a
+ * PushError (a plain error's text may quote the token). Renewals of one session run one after
+ * the other, each with the token it brought. Never throws; nothing is left unhandled.
+ */
+export function renewSessionToken(
+  session: ServerSession,
+  plugins: readonly Plugin[],
+  logger: Logger,
+): void {
+  const hooks = plugins.filter((plugin) => typeof plugin.onTokenRenewal === 'function');
+  if (hooks.length === 0) return;
+  const token = session.token;
+  const run = async (): Promise<void> => {
+    for (const plugin of hooks) {
+      if (!session.isOpen) return;
+      try {
+        await plugin.onTokenRenewal?.(session, token);
+      } catch (error) {
+        logger.debug(
+          { plugin: plugin.name, sessionId: session.id, err: describeError(error) },
+          'pushwire: token renewal refused, closing',
+        );
+        if (error instanceof PushError) session.close(error.closeCode, error.message);
+        else session.close(1008, 'token renewal refused');
+        return;
+      }
+    }
+  };
+  session.renewalTail = (session.renewalTail ?? Promise.resolve()).then(run, run);
 }

@@ -291,6 +291,23 @@ export class WireEvent {
     return undefined;
   }
 
+  /**
+   * elemental's `Event.Encoding`: how the entity came encoded (the same as `entityEncoding`),
+   * so that a handler ported from Go reads it by the same name.
+   */
+  get encoding(): Encoding {
+    return this.entityEncoding;
+  }
+
+  /**
+   * elemental's `Event.Decode(&dst)`: the entity, decoded once and shared with `entity` (so
+   * do not mutate it). `T` is not checked: a Go port's `event.Decode(&task)` becomes
+   * `const task = event.decode<Task>()`. Throws {@link EventFormatError} as `entity` does.
+   */
+  decode<T = unknown>(): T {
+    return this.entity as T;
+  }
+
   /** True once the entity has been decoded (for tests of the decode-once rule). */
   get entityDecoded(): boolean {
     return this.#entityDecoded;

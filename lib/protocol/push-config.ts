@@ -466,11 +466,9 @@ export function parsePushConfig(
     ...limits,
   };
   if (!isPlainObject(value)) throw new PushConfigError('the push config must be an object');
-  for (const key of Object.keys(value)) {
-    if (key !== 'identities' && key !== 'filters' && key !== 'parameters' && key !== 'since') {
-      throw new PushConfigError(`unknown push config key ${JSON.stringify(key)}`, { key });
-    }
-  }
+  // Keys other than those read below are ignored, as bahamut ignores them (ugorji's decoder
+  // swallows a key with no struct field): a newer client sending a key this server does not
+  // know must keep its session.
   const input: PushConfigInput = {};
 
   let identities: Map<string, Set<string> | null> | null = null;

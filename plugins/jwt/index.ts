@@ -2,7 +2,9 @@
  * jwtAuthPlugin: authenticates a session with a JSON Web Token, verified by
  * `jose`, and turns the token's claims into session claims (`key=value`,
  * bahamut's form). Optionally closes the session (1008) when the token
- * expires.
+ * expires. A token renewed through a push config's `parameters.token` (as Go
+ * clients renew one) is verified again: its claims and `exp` replace the old
+ * ones, and a token that does not verify closes the session with 1008.
  *
  * What it never does: accept `alg: none`, accept a token longer than
  * `maxTokenLength`, put the token (or a piece of it) into a refusal body or
@@ -233,25 +235,48 @@ function checkTimes(payload: JWTPayload, toleranceSec: number): void {
 }
 
 /**
- * Closes the session with 1008 once `atMs` has passed. Re-arms in steps
- * because setTimeout cannot wait more than ~24.8 days; the timer is
- * cleared when the session ends, and never keeps the process alive.
+ * The expiry timers of one plugin's sessions: each session has at most one, which a renewed
+ * token re-arms (its `exp` replaces the old) or clears (a token without `exp`). A timer closes
+ * the session with 1008 once its time has passed; it re-arms in steps because setTimeout cannot
+ * wait more than ~24.8 days, is cleared when the session ends, and never keeps the process alive.
  */
-function closeWhenExpired(session: PushSession, atMs: number, logger: Logger, name: string): void {
-  if (session.signal.aborted) return;
-  let timer: NodeJS.Timeout | undefined;
-  const arm = (): void => {
-    const left = atMs - Date.now();
-    if (left <= 0) {
-      logger.debug({ plugin: name, sessionId: session.id }, 'pushwire: token expired, closing');
-      session.close(1008, 'token expired');
-      return;
+class ExpiryTimers {
+  readonly #timers = new WeakMap<PushSession, NodeJS.Timeout>();
+  readonly #watched = new WeakSet<PushSession>();
+
+  constructor(
+    private readonly logger: Logger,
+    private readonly name: string,
+  ) {}
+
+  /** Closes `session` at `atMs` (epoch ms), replacing its timer; undefined clears it. */
+  set(session: PushSession, atMs: number | undefined): void {
+    clearTimeout(this.#timers.get(session));
+    this.#timers.delete(session);
+    if (atMs === undefined || session.signal.aborted) return;
+    if (!this.#watched.has(session)) {
+      this.#watched.add(session);
+      session.signal.addEventListener('abort', () => clearTimeout(this.#timers.get(session)), {
+        once: true,
+      });
     }
-    timer = setTimeout(arm, Math.min(left, MAX_TIMER_MS));
-    timer.unref();
-  };
-  session.signal.addEventListener('abort', () => clearTimeout(timer), { once: true });
-  arm();
+    const arm = (): void => {
+      const left = atMs - Date.now();
+      if (left <= 0) {
+        this.#timers.delete(session);
+        this.logger.debug(
+          { plugin: this.name, sessionId: session.id },
+          'pushwire: token expired, closing',
+        );
+        session.close(1008, 'token expired');
+        return;
+      }
+      const timer = setTimeout(arm, Math.min(left, MAX_TIMER_MS));
+      timer.unref();
+      this.#timers.set(session, timer);
+    };
+    arm();
+  }
 }
 
 /**
@@ -261,6 +286,14 @@ function closeWhenExpired(session: PushSession, atMs: number, logger: Logger, na
  * authenticated and keeps the payload in `ctx.state.jwt`. Refusals are 401
  * with a fixed description (`Token expired`, `Invalid token signature`…),
  * 503 when a JWKS cannot be fetched; never 500, never the token.
+ *
+ * A session it authenticated with the `token` query parameter (when
+ * `tokenSources` has `'query'`) is verified again when a push config renews
+ * that token (`parameters.token`, PROTOCOL.md section 4): the claims are
+ * replaced by the new token's, `closeOnExpiry` follows the new `exp` (none:
+ * no expiry), and a token that does not verify (or an empty one) closes the
+ * session with 1008 and the refusal's fixed description; a JWKS that cannot
+ * be fetched then closes it with 1001, so that the client reconnects.
  *
  * Throws TypeError at once for invalid options (a missing or doubled key
  * source, a short secret, `none` among the algorithms, an unknown option).
@@ -438,7 +471,58 @@ export function jwtAuthPlugin(options: JwtAuthOptions): Plugin {
     return undefined;
   };
 
+  /** Verifies a token and maps its claims; throws a refusal that never carries the token. */
+  const verifyToken = async (token: string): Promise<{ payload: JWTPayload; claims: string[] }> => {
+    if (token.length > maxTokenLength) throw new TokenRefusal('Token too long', 'too-long');
+    // A custom verify may take other formats (JWE has five segments); jose wants a JWS.
+    if (checkShape && !COMPACT_JWS.test(token)) {
+      throw new TokenRefusal('Malformed token', 'malformed');
+    }
+    let payload: JWTPayload;
+    try {
+      payload = await verifier(token);
+    } catch (error) {
+      throw refusalFor(error, remoteKeys);
+    }
+    let claims: unknown;
+    try {
+      claims = mapClaims(payload);
+    } catch {
+      claims = undefined; // the mapper's message may quote the payload: a fixed refusal
+    }
+    if (!isStringList(claims)) throw new TokenRefusal('Invalid token', 'mapClaims');
+    return { payload, claims: [...claims] };
+  };
+
+  /** Logs a refusal (never the token) and returns it as the PushError to throw. */
+  const refused = (session: PushSession, error: unknown, message: string): PushError => {
+    const refusal = refusalFor(error, remoteKeys);
+    logger.debug(
+      {
+        plugin: name,
+        sessionId: session.id,
+        clientIP: session.clientIP,
+        status: refusal.status,
+        reason: refusal instanceof TokenRefusal ? refusal.reason : refusal.code,
+      },
+      message,
+    );
+    return refusal;
+  };
+
+  /** When a payload's session must close (epoch ms), or undefined when it need not. */
+  const expiryOf = (payload: JWTPayload): number | undefined =>
+    closeOnExpiry && typeof payload.exp === 'number'
+      ? (payload.exp + clockTolerance) * 1000
+      : undefined;
+
+  /** Each session's expiry until it starts (the timer needs an open session). */
   const expiries = new WeakMap<PushSession, number>();
+  const timers = new ExpiryTimers(logger, name);
+  /** Sessions this plugin authenticated from the `token` query parameter: renewals re-verify. */
+  const renewable = new WeakSet<PushSession>();
+  /** Sessions whose timer runs (onSessionStart has run): a renewal re-arms it. */
+  const started = new WeakSet<PushSession>();
 
   return {
     name,
@@ -446,6 +530,7 @@ export function jwtAuthPlugin(options: JwtAuthOptions): Plugin {
       if (ctx.authenticated) return next();
       const { session } = ctx;
       let payload: JWTPayload | undefined;
+      let fromQuery = false;
       // Only this plugin's own work is in the try: what later plugins throw keeps its own meaning.
       try {
         const token = findToken(session);
@@ -453,52 +538,44 @@ export function jwtAuthPlugin(options: JwtAuthOptions): Plugin {
           throw new TokenRefusal('Missing token', 'missing');
         }
         if (token !== undefined) {
-          if (token.length > maxTokenLength) throw new TokenRefusal('Token too long', 'too-long');
-          // A custom verify may take other formats (JWE has five segments); jose wants a JWS.
-          if (checkShape && !COMPACT_JWS.test(token)) {
-            throw new TokenRefusal('Malformed token', 'malformed');
-          }
-          try {
-            payload = await verifier(token);
-          } catch (error) {
-            throw refusalFor(error, remoteKeys);
-          }
-          let claims: unknown;
-          try {
-            claims = mapClaims(payload);
-          } catch {
-            claims = undefined; // the mapper's message may quote the payload: a fixed refusal
-          }
-          if (!isStringList(claims)) throw new TokenRefusal('Invalid token', 'mapClaims');
-          session.setClaims(claims);
+          const verified = await verifyToken(token);
+          payload = verified.payload;
+          session.setClaims(verified.claims);
+          fromQuery = tokenSources.includes('query') && token === session.token;
         }
       } catch (error) {
-        const refusal = refusalFor(error, remoteKeys);
-        logger.debug(
-          {
-            plugin: name,
-            sessionId: session.id,
-            clientIP: session.clientIP,
-            status: refusal.status,
-            reason: refusal instanceof TokenRefusal ? refusal.reason : refusal.code,
-          },
-          'pushwire: jwt refused',
-        );
-        throw refusal;
+        throw refused(session, error, 'pushwire: jwt refused');
       }
       if (payload === undefined) return next(); // no token, and onMissingToken is 'continue'
       ctx.authenticated = true;
       ctx.state.jwt = payload;
-      if (closeOnExpiry && typeof payload.exp === 'number') {
-        expiries.set(session, (payload.exp + clockTolerance) * 1000);
-      }
+      if (fromQuery) renewable.add(session);
+      const at = expiryOf(payload);
+      if (at !== undefined) expiries.set(session, at);
       return next();
     },
     onSessionStart(session) {
+      started.add(session);
       const at = expiries.get(session);
-      if (at === undefined) return;
       expiries.delete(session);
-      closeWhenExpired(session, at, logger, name);
+      timers.set(session, at);
+    },
+    async onTokenRenewal(session, token) {
+      if (!renewable.has(session)) return;
+      let verified: { payload: JWTPayload; claims: string[] };
+      try {
+        if (token === '') throw new TokenRefusal('Missing token', 'missing');
+        verified = await verifyToken(token);
+      } catch (error) {
+        // Thrown to the core, which closes the session with the refusal's close code.
+        throw refused(session, error, 'pushwire: jwt renewal refused');
+      }
+      session.setClaims(verified.claims);
+      // The new token's exp replaces the old one's; a token without exp lifts the expiry.
+      const at = expiryOf(verified.payload);
+      if (started.has(session)) timers.set(session, at);
+      else if (at === undefined) expiries.delete(session);
+      else expiries.set(session, at);
     },
   };
 }

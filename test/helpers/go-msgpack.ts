@@ -2,12 +2,21 @@
  * MessagePack at the byte level, for the wire-compatibility tests with
  * bahamut (PROTOCOL.md section 8).
  *
- * The writer emits exactly the bytes a Go server writes, rather than what
- * `@msgpack/msgpack` would choose: vmihailenco/msgpack writes a Go `int32`
- * as `0xd2` + 4 bytes and an `int` as `0xd3` + 8 bytes (no compaction by
- * default), strings of 32-255 bytes as str8, `[]byte` as bin, `time.Time`
- * as the timestamp extension (-1) in its 4-, 8- or 12-byte form, and struct
- * fields as map keys in declaration order. Building the bytes by hand keeps
+ * Two Go encoders are modelled. elemental (so bahamut and manipulate) has
+ * used ugorji/go/codec since 2019, with `Canonical` and `WriteExt` set:
+ * struct fields and map keys sorted by their bytes, a signed Go int in the
+ * smallest signed form (fixint to 127, then int16: 128 is `0xd1 0080`, never
+ * uint8), unsigned types in the smallest unsigned form, strings of 32-255
+ * bytes as str8, `[]byte` as bin, `time.Time` as the timestamp extension
+ * (-1) in its 4-, 8- or 12-byte form and the zero time as nil:
+ * {@link canonicalMap}, {@link goInt}, {@link goUint}, {@link ugorjiTask}.
+ * test/interop/fixtures/ugorji-msgpack.json holds the bytes the Go encoder
+ * really writes for these (test/interop/go/src/interop/fixtures prints
+ * them), and test/integration/go-interop.test.ts checks this model against
+ * them. Older Go code used vmihailenco/msgpack, which writes an `int32` as
+ * `0xd2` + 4 bytes and an `int` as `0xd3` + 8 bytes (no compaction) and
+ * struct fields in declaration order: {@link map}, {@link int32},
+ * {@link int64}. A reader must take both. Building the bytes by hand keeps
  * the test independent of the decoder under test.
  *
  * The reader is the other way round: it keeps the MessagePack type of every
@@ -99,6 +108,73 @@ export function map(entries: ReadonlyArray<readonly [string, Packed]>): Packed {
   return Buffer.concat([head, ...entries.flatMap(([key, value]) => [str(key), value])]);
 }
 
+/** A map with str keys sorted by their UTF-8 bytes, as ugorji's canonical handle writes it. */
+export function canonicalMap(entries: ReadonlyArray<readonly [string, Packed]>): Packed {
+  return map([...entries].sort(([a], [b]) => Buffer.compare(Buffer.from(a), Buffer.from(b))));
+}
+
+/** A signed Go int as ugorji writes it: fixint (-32..127), else the smallest int8/16/32/64. */
+export function goInt(value: number): Packed {
+  if (!Number.isSafeInteger(value)) throw new RangeError('goInt: a safe integer');
+  if (value >= -32 && value <= 127) return Buffer.from([value & 0xff]);
+  const sized = (code: number, size: number): Packed => {
+    const out = Buffer.alloc(1 + size);
+    out[0] = code;
+    if (size === 1) out.writeInt8(value, 1);
+    else if (size === 2) out.writeInt16BE(value, 1);
+    else if (size === 4) out.writeInt32BE(value, 1);
+    else out.writeBigInt64BE(BigInt(value), 1);
+    return out;
+  };
+  // ugorji goes from fixint straight to int16 for positive values (no int8 above 127).
+  if (value > 127)
+    return value <= 0x7fff ? sized(0xd1, 2) : value <= 0x7fffffff ? sized(0xd2, 4) : sized(0xd3, 8);
+  if (value >= -0x80) return sized(0xd0, 1);
+  return value >= -0x8000 ? sized(0xd1, 2) : value >= -0x80000000 ? sized(0xd2, 4) : sized(0xd3, 8);
+}
+
+/** An unsigned Go int (`uint`, `uint64`…) as ugorji writes it: fixint, else uint8/16/32/64. */
+export function goUint(value: number): Packed {
+  if (!Number.isSafeInteger(value) || value < 0) throw new RangeError('goUint: 0..2^53');
+  if (value <= 127) return Buffer.from([value]);
+  if (value <= 0xff) return Buffer.from([0xcc, value]);
+  if (value <= 0xffff) return header(0xcd, 2, value);
+  if (value <= 0xffffffff) return header(0xce, 4, value);
+  const out = Buffer.alloc(9);
+  out[0] = 0xcf;
+  out.writeBigUInt64BE(BigInt(value), 1);
+  return out;
+}
+
+/** The fields of the Task model of the interop programs (test/interop/go/src/interop/wire). */
+export interface UgorjiTaskFields {
+  ID: string;
+  name: string;
+  description: string;
+  priority: number;
+  ratio: number;
+  archived: boolean;
+  /** A `*string`: absent is nil. */
+  parentID?: string;
+  tags: string[];
+  createTime: { sec: number; nsec: number };
+}
+
+/** A Task struct as elemental's MessagePack handle writes it: fields sorted, ints compacted. */
+export function ugorjiTask(task: UgorjiTaskFields): Packed {
+  return canonicalMap([
+    ['ID', str(task.ID)],
+    ['name', str(task.name)],
+    ['description', str(task.description)],
+    ['priority', goInt(task.priority)],
+    ['ratio', float64(task.ratio)],
+    ['archived', bool(task.archived)],
+    ['parentID', task.parentID === undefined ? nil() : str(task.parentID)],
+    ['tags', array(task.tags.map((t) => str(t)))],
+    ['createTime', goTime(task.createTime.sec, task.createTime.nsec)],
+  ]);
+}
+
 /** The timestamp extension in its 4-byte form (fixext4): whole seconds, 0 ≤ sec < 2^32. */
 export function timestamp32(sec: number): Packed {
   const out = Buffer.alloc(6);
@@ -129,7 +205,8 @@ export function timestamp96(sec: number, nsec: number): Packed {
 }
 
 /**
- * A `time.Time` as vmihailenco/msgpack writes it: the 4-byte form for whole
+ * A `time.Time` as vmihailenco/msgpack and ugorji write it (the same forms; ugorji writes the
+ * zero time as nil): the 4-byte form for whole
  * seconds that fit 32 bits, the 8-byte form while seconds fit 34 bits, the
  * 12-byte form beyond (from the year 2514, or before 1970).
  */

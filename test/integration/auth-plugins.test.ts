@@ -46,7 +46,7 @@ import {
   type Refusal,
 } from '../helpers/push-app.js';
 import { signHs256, TEST_SECRET, unsignedToken } from '../helpers/security.js';
-import { withTimeout } from '../helpers/wait.js';
+import { waitFor, withTimeout } from '../helpers/wait.js';
 
 const WAIT_MS = 5_000;
 
@@ -258,6 +258,130 @@ describe('jwtAuthPlugin with an HMAC secret', () => {
       assert.equal(description(refusal), 'Missing token');
     } finally {
       await other.close();
+    }
+  });
+});
+
+describe('jwtAuthPlugin: a token renewed through parameters.token (as Go clients renew one) is verified again', () => {
+  let app: PushApp & { last(): PushSession };
+  before(async () => {
+    app = await jwtApp({ key: TEST_SECRET, closeOnExpiry: true });
+  });
+  after(() => app.close());
+
+  /** Waits until the app has no session left (the previous test's client is gone). */
+  const noSession = async (): Promise<void> => {
+    await waitFor(() => app.push.sessions().length === 0, {
+      timeout: WAIT_MS,
+      message: 'a session of an earlier test is still open',
+    });
+  };
+
+  it('the new claims replace the old; a shorter exp closes the session at the new time (1008)', async () => {
+    await noSession();
+    const client = await connectClient(app.wsUrl, {
+      query: { token: await signHs256({ sub: 'alice' }, { expiresIn: '5m' }) },
+    });
+    const session = app.last();
+    assert.equal(session.claimsMap.sub, 'alice');
+    const expSec = Math.ceil(Date.now() / 1000) + 1;
+    const renewed = await signHs256({ sub: 'bob' }, { expiresIn: expSec });
+    client.sendConfig({ parameters: { token: [renewed] } });
+    await waitFor(() => session.claimsMap.sub === 'bob', {
+      timeout: WAIT_MS,
+      message: 'the renewed token did not replace the claims',
+    });
+    assert.equal(session.token, renewed);
+    const closed = await withTimeout(client.closed, WAIT_MS, 'not closed at the new exp');
+    assert.deepEqual(closed, { code: 1008, reason: 'token expired' });
+    assert.ok(Date.now() >= expSec * 1000, 'closed at the renewed exp, not before');
+  });
+
+  it('a longer exp replaces the old one: the session outlives its first token', async () => {
+    await noSession();
+    const expSec = Math.ceil(Date.now() / 1000) + 1;
+    const shortLived = await signHs256({ sub: 'carol' }, { expiresIn: expSec });
+    const renewing = await connectClient(app.wsUrl, { query: { token: shortLived } });
+    const renewingSession = app.last();
+    // A witness with the same exp and no renewal: its close proves that exp has passed.
+    const witness = await connectClient(app.wsUrl, { query: { token: shortLived } });
+    renewing.sendConfig({
+      parameters: { token: await signHs256({ sub: 'carol' }, { expiresIn: '5m' }) },
+    });
+    await waitFor(() => renewingSession.token !== shortLived, {
+      timeout: WAIT_MS,
+      message: 'the renewal never reached the session',
+    });
+    assert.equal(
+      (await withTimeout(witness.closed, WAIT_MS, 'the witness did not expire')).code,
+      1008,
+    );
+    // Events of one publisher arrive in order: the marker proves the session is still served.
+    await app.push.publish({ identity: 'marker', type: 'create', entity: {} });
+    await renewing.waitForEvents(1, WAIT_MS);
+    assert.equal(renewingSession.isOpen, true);
+    renewing.close();
+    await renewing.closed;
+  });
+
+  for (const [what, token, reason] of [
+    [
+      'signed with another key',
+      () =>
+        signHs256(
+          { sub: 'x' },
+          { secret: 'another-secret-0123456789-abcdefghij', expiresIn: '5m' },
+        ),
+      'Invalid token signature',
+    ],
+    [
+      'expired',
+      () => signHs256({ sub: 'x' }, { expiresIn: Math.floor(Date.now() / 1000) - 60 }),
+      'Token expired',
+    ],
+    ['empty', () => Promise.resolve(''), 'Missing token'],
+  ] as const) {
+    it(`a renewed token that is ${what} closes the session with 1008 (${reason}), never echoing it`, async () => {
+      await noSession();
+      const client = await connectClient(app.wsUrl, {
+        query: { token: await signHs256({ sub: 'dave' }, { expiresIn: '5m' }) },
+      });
+      const bad = await token();
+      client.sendConfig({ parameters: { token: bad } });
+      const closed = await withTimeout(client.closed, WAIT_MS, 'not closed');
+      assert.deepEqual(closed, { code: 1008, reason });
+    });
+  }
+
+  it('a config that does not change the token verifies nothing again', async () => {
+    await noSession();
+    let verified = 0;
+    const counting = await startPushApp({
+      plugins: [
+        jwtAuthPlugin({
+          verify: (token) => {
+            verified++;
+            if (token !== 'good' && token !== 'better') throw new Error('bad');
+            return { sub: token };
+          },
+        }),
+      ],
+    });
+    try {
+      const client = await connectClient(counting.wsUrl, { query: { token: 'good' } });
+      const session = counting.push.sessions()[0] as PushSession;
+      client.sendConfig({ parameters: { token: 'good', other: 'x' } });
+      client.sendConfig({ parameters: { token: 'better' } });
+      await waitFor(() => session.claimsMap.sub === 'better', {
+        timeout: WAIT_MS,
+        message: 'the renewal was not verified',
+      });
+      assert.equal(verified, 2, 'once at connect, once for the changed token');
+      assert.equal(session.parameter('other'), 'x');
+      client.close();
+      await client.closed;
+    } finally {
+      await counting.close();
     }
   });
 });

@@ -204,7 +204,7 @@ describe('faults: connections that fail', () => {
       options: { logger, maxBufferedBytes: 8 * 1024 * 1024 },
       plugins: [
         authPlugin(async (s) => {
-          if (s.parameter('slow') !== undefined) {
+          if (s.parameters('slow').length > 0) {
             entered.resolve();
             await release.promise;
           }

@@ -120,7 +120,7 @@ describe('logs: one line per refusal and per closed session, never a credential'
     const attempts: Array<[number, Promise<{ status: number }>]> = [
       [401, expectRefusal(app.wsUrl, credentials({ mode: 'ko' }))],
       [403, expectRefusal(app.wsUrl, credentials({ mode: 'throw' }))],
-      [400, expectRefusal(app.wsUrl, credentials({ encoding: 'yaml' }))],
+      [415, expectRefusal(app.wsUrl, credentials({ encoding: 'yaml' }))],
       [
         403,
         expectRefusal(app.wsUrl, {

@@ -112,7 +112,7 @@ function pluginsWith(tracer: Tracer, extra: Plugin[] = []): Plugin[] {
       if (session.token === SECRET_TOKEN) return 'ok';
       throw new Error(`unknown token ${session.token}`);
     }),
-    dispatchPlugin({ shouldDispatch: (session) => session.parameter('mute') === undefined }),
+    dispatchPlugin({ shouldDispatch: (session) => session.parameters('mute').length === 0 }),
     ...extra,
   ];
 }

@@ -542,8 +542,8 @@ async function runServer(config: SoakConfig): Promise<boolean> {
     log(`published ${published} events in ${config.duration} s (${publishErrors} publish errors)`);
     check('no publish failed', publishErrors === 0, `${publishErrors} errors`);
     const open = push.sessions();
-    const fastOpen = open.filter((s) => s.parameter('slow') === undefined).length;
-    const slowOpen = open.filter((s) => s.parameter('slow') !== undefined);
+    const fastOpen = open.filter((s) => s.parameters('slow').length === 0).length;
+    const slowOpen = open.filter((s) => s.parameters('slow').length > 0);
     slowSessions = {
       expected: Math.ceil(config.sessions / config.slowEvery),
       stillOpen: slowOpen.length,

@@ -38,7 +38,7 @@ function fakeSession(id = 'session-1', token = 'secret'): PushSession {
   return {
     id,
     token,
-    parameter: () => undefined,
+    parameter: () => '',
     parameters: () => [],
     header: () => undefined,
     cookie: () => undefined,
@@ -162,6 +162,11 @@ describe('authPlugin: plugins are asked in order; ok ends with success, ko with 
     [['continue', 'ok', 'ko'], true, ['p0', 'p1']],
     [['continue', 'ko', 'ok'], false, ['p0', 'p1']],
     [['ko', 'ok'], false, ['p0']],
+    // Go's numeric AuthAction, as a literal port returns it: OK = 0, KO = 1, Continue = 2.
+    [[0], true, ['p0']],
+    [[1, 'ok'], false, ['p0']],
+    [[2, 2, 0, 1], true, ['p0', 'p1', 'p2']],
+    [[2, 1, 0], false, ['p0', 'p1']],
   ];
   for (const [answers, accepted, asked] of table) {
     it(`${answers.join(', ')} → ${accepted ? 'accepted' : '401'}, asking ${asked.join(', ')}`, async () => {
@@ -358,8 +363,8 @@ describe('authPlugin: a thrown PushError keeps its own status', () => {
   }
 });
 
-describe('authPlugin: an answer other than ok, ko or continue refuses with 401', () => {
-  const answers: unknown[] = ['OK', 'yes', true, undefined, null, 1];
+describe("authPlugin: an answer other than ok, ko, continue (or Go's 0, 1, 2) refuses with 401", () => {
+  const answers: unknown[] = ['OK', 'yes', true, undefined, null, 3, -1, 0.5, '0'];
   for (const answer of answers) {
     it(`refuses ${JSON.stringify(answer) ?? 'undefined'}, naming the plugin`, async () => {
       await assert.rejects(
@@ -605,7 +610,51 @@ describe('dispatchPlugin: summarizeEvent runs once per event, shouldDispatch onc
     assert.equal(second.predicates[0]!(fakeSession('other')), true, 'still called on handlers');
   });
 
+  it('refuses a function it does not know, own or inherited, naming it (never ignored)', () => {
+    assert.throws(() => dispatchPlugin({ shouldDispatsh: () => true } as never), {
+      name: 'TypeError',
+      message: /unknown handler shouldDispatsh/,
+    });
+    class Ported {
+      shouldDispatch(): boolean {
+        return true;
+      }
+      onPushSessionBegin(): void {}
+    }
+    assert.throws(() => dispatchPlugin(new Ported() as never), {
+      name: 'TypeError',
+      message: /onPushSessionBegin/,
+    });
+    // State and helpers a class keeps: data fields, `_`-prefixed and #private methods.
+    class WithState {
+      readonly owner = 'acme';
+      _isOwner(session: PushSession): boolean {
+        return session.id === this.owner;
+      }
+      shouldDispatch(session: PushSession): boolean {
+        return this._isOwner(session);
+      }
+    }
+    assert.doesNotThrow(() => dispatchPlugin(new WithState()));
+  });
+
+  it('maps onPushSessionInit to the session phase, start and stop to the lifecycle hooks', async () => {
+    const events: string[] = [];
+    const plugin = dispatchPlugin({
+      onPushSessionInit: (session) => session.id === 'acme',
+      onPushSessionStart: (session) => void events.push(`start ${session.id}`),
+      onPushSessionStop: (session, info) => void events.push(`stop ${session.id} ${info.code}`),
+    });
+    assert.equal(typeof plugin.session, 'function');
+    await plugin.onSessionStart!(fakeSession('acme'));
+    await plugin.onSessionStop!(fakeSession('acme'), { code: 1000, reason: '' });
+    assert.deepEqual(events, ['start acme', 'stop acme 1000']);
+    assert.equal(dispatchPlugin({}).session, undefined);
+  });
+
   const badHandlers: Array<[string, object]> = [
+    ['onPushSessionInit', { onPushSessionInit: true }],
+    ['onPushSessionStop', { onPushSessionStop: 'x' }],
     ['summarizeEvent', { summarizeEvent: 'owner' }],
     ['relatedIdentities', { relatedIdentities: ['user'] }],
     ['shouldDispatch', { shouldDispatch: true }],
@@ -626,12 +675,52 @@ describe('dispatchPlugin: relatedIdentities are appended to the event context', 
     const fannedOut = await dispatch(
       [
         dispatchPlugin({ relatedIdentities: () => ['user', 'project'] }),
-        dispatchPlugin({ relatedIdentities: (event) => [`${event.identity}-audit`] }),
+        dispatchPlugin({ relatedIdentities: (identity) => [`${identity}-audit`] }),
       ],
       ctx,
     );
     assert.equal(fannedOut, true);
     assert.deepEqual(ctx.relatedIdentities, ['user', 'project', 'task-audit']);
+  });
+
+  it("gets the event's identity first (bahamut's RelatedEventIdentities(identity)), the event second", async () => {
+    const ctx = dispatchContext();
+    const calls: unknown[][] = [];
+    await dispatch(
+      [
+        dispatchPlugin({
+          relatedIdentities: (...args) => {
+            calls.push(args);
+            return [];
+          },
+        }),
+      ],
+      ctx,
+    );
+    assert.deepEqual(calls, [[ctx.event.identity, ctx.event]]);
+  });
+
+  it('takes null and undefined (Go nil) as no related identity, and the event is dispatched', async () => {
+    const ctx = dispatchContext();
+    const fannedOut = await dispatch(
+      [
+        dispatchPlugin({ relatedIdentities: () => null }),
+        dispatchPlugin({ relatedEventIdentities: () => undefined }),
+      ],
+      ctx,
+    );
+    assert.equal(fannedOut, true);
+    assert.deepEqual(ctx.relatedIdentities, []);
+  });
+
+  it("accepts bahamut's name relatedEventIdentities, and refuses both names at once", async () => {
+    const ctx = dispatchContext();
+    await dispatch([dispatchPlugin({ relatedEventIdentities: (id) => [`${id}-x`] })], ctx);
+    assert.deepEqual(ctx.relatedIdentities, [`${ctx.event.identity}-x`]);
+    assert.throws(
+      () => dispatchPlugin({ relatedIdentities: () => [], relatedEventIdentities: () => [] }),
+      { name: 'TypeError', message: /not both/ },
+    );
   });
 
   it('has added them before the fan-out runs', async () => {

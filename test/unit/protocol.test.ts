@@ -19,6 +19,7 @@ import {
   PubSubError,
   PushError,
   ServiceUnavailableError,
+  UnsupportedMediaTypeError,
   statusTitle,
   TooManyRequestsError,
   UnauthorizedError,
@@ -728,13 +729,29 @@ describe('section 4: the shapes a push config may have', () => {
     });
   }
 
+  it('ignores keys it does not know, as bahamut does (a newer client must not be cut off)', () => {
+    const config = parsePushConfig({
+      identities: { task: ['create'] },
+      identity: { user: [] },
+      since: 'a position',
+      future: { nested: [1, 2] },
+    });
+    assert.deepEqual(Object.keys(config.input), ['identities']);
+    assert.equal(
+      config.selector.key,
+      parsePushConfig({ identities: { task: ['create'] } }).selector.key,
+      'an unknown key does not change what the config selects',
+    );
+    assert.equal(config.allows({ identity: 'user', type: 'create', entity: {} }, []), false);
+    assert.equal(config.allows({ identity: 'task', type: 'create', entity: {} }, []), true);
+  });
+
   const refused: Array<[string, unknown, RegExp]> = [
     ['null', null, /the push config must be an object/],
     ['a list', [], /the push config must be an object/],
     ['a string', '{}', /the push config must be an object/],
     ['a number', 1, /the push config must be an object/],
     ['a date (a MessagePack timestamp)', new Date(), /the push config must be an object/],
-    ['an unknown key', { identity: { task: [] } }, /unknown push config key "identity"/],
     ['identities as a list', { identities: ['task'] }, /identities must be an object/],
     ['identities as a string', { identities: 'task' }, /identities must be an object/],
     ['identities as a date', { identities: new Date() }, /identities must be an object/],
@@ -1594,6 +1611,15 @@ describe('errors: each class has a stable code, an HTTP status and a close code'
       'Too Many Requests',
       1008,
       'Too many requests',
+    ],
+    [
+      'UnsupportedMediaTypeError',
+      new UnsupportedMediaTypeError(),
+      'PUSH_UNSUPPORTED_MEDIA_TYPE',
+      415,
+      'Unsupported Media Type',
+      1003,
+      'Unsupported media type',
     ],
     [
       'ServiceUnavailableError',
