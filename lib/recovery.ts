@@ -37,10 +37,15 @@ export interface RecoveryReport {
   position: string;
 }
 
+/** How long a session that asked for a replay in its URL waits for its first push config. */
+const CONFIG_WAIT_MS = 2000;
+
 /** The live events held for one session while it replays. */
 class Resume implements ResumeHold {
   held: BatchedEvent[] = [];
   overflowed = false;
+  /** Set while the replay waits for the session's first push config (a `since` in the URL). */
+  waiting: { since: string; timer: NodeJS.Timeout } | undefined;
   constructor(private readonly limit: number) {}
 
   hold(batch: readonly object[]): void {
@@ -87,7 +92,15 @@ export class Recovery {
    * `recovered: false` at once, with the newest position this server saw.
    */
   begin(session: ServerSession, since: string): void {
-    if (session.resume !== undefined) return;
+    const current = session.resume;
+    if (current instanceof Resume && current.waiting !== undefined) {
+      // The session's first config, after a `since` in its URL: the replay uses this config.
+      clearTimeout(current.waiting.timer);
+      current.waiting = undefined;
+      this.#start(session, current, since);
+      return;
+    }
+    if (current !== undefined) return;
     if (session.received) {
       this.#report(session, {
         recovered: false,
@@ -99,6 +112,36 @@ export class Recovery {
     // that could not have been recovered from the history either.
     const resume = new Resume(Math.max(REPLAY_PAGE, this.#history.options.maxEvents));
     session.resume = resume;
+    this.#start(session, resume, since);
+  }
+
+  /**
+   * A session whose URL carries `since`: its live events are held from its
+   * registration, before any can be written, and its replay starts with its
+   * first push config (whose filters it then follows), or after
+   * CONFIG_WAIT_MS without one (a client that sends no config wants every
+   * event). This is the race-free way to resume: with `since` only in the
+   * config, events published between the handshake and the config's
+   * arrival would already have been written live.
+   */
+  hold(session: ServerSession, since: string): void {
+    const resume = new Resume(Math.max(REPLAY_PAGE, this.#history.options.maxEvents));
+    const timer = setTimeout(() => {
+      resume.waiting = undefined;
+      this.#start(session, resume, since);
+    }, CONFIG_WAIT_MS);
+    timer.unref();
+    resume.waiting = { since, timer };
+    session.resume = resume;
+  }
+
+  /** The `since` a held session is waiting to replay from, if any. */
+  waitingSince(session: ServerSession): string | undefined {
+    const resume = session.resume;
+    return resume instanceof Resume ? resume.waiting?.since : undefined;
+  }
+
+  #start(session: ServerSession, resume: Resume, since: string): void {
     const run = this.#replay(session, resume, since).finally(() => {
       this.#running.delete(run);
     });

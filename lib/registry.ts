@@ -192,6 +192,9 @@ export class SessionRegistry implements SessionHost {
     session.transport = transport;
     session.format = transport.format;
     session.open = true;
+    if (session.since !== undefined && this.#recovery !== undefined) {
+      this.#recovery.hold(session, session.since);
+    }
     this.#sessions.add(session);
     this.#stats.sessionsAccepted++;
     // Kept per encoding here (and in #onClose) so that metrics never walk the sessions.
@@ -312,10 +315,13 @@ export class SessionRegistry implements SessionHost {
     if (session.mergeParameters(config.parameters)) {
       renewSessionToken(session, this.#options.plugins, this.#options.logger);
     }
-    const since = session.config.input.since;
     // Without history a `since` is ignored, as any key the server does not know: the client sees
     // no recovery frame, which tells it this server keeps no history.
-    if (since !== undefined && this.#recovery !== undefined) this.#recovery.begin(session, since);
+    const recovery = this.#recovery;
+    if (recovery !== undefined) {
+      const since = session.config.input.since ?? recovery.waitingSince(session);
+      if (since !== undefined) recovery.begin(session, since);
+    }
   }
 
   /** Sends an error event (PROTOCOL.md section 6) to one session. */

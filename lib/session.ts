@@ -204,6 +204,8 @@ export class ServerSession implements PushSession {
   dropped = 0;
   /** True while this session's socket is corked until the end of the turn. */
   corked = false;
+  /** The `since` of the session's URL (docs/PROTOCOL.md, "Recovery"), if any. */
+  readonly since: string | undefined;
   /** True once an event was written to this session (a later `since` cannot be honoured in order). */
   received = false;
   /** Set while the session replays history: live events are held until it is done (recovery.ts). */
@@ -236,6 +238,7 @@ export class ServerSession implements PushSession {
     this.clientIP = init.clientIP;
     this.encodings = init.encodings;
     this.binary = init.encodings.write === MSGPACK_MEDIA_TYPE;
+    this.since = init.query.get('since')?.slice(0, 200) ?? undefined;
     this.#token = init.query.get('token') ?? '';
   }
 
