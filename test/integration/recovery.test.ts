@@ -115,6 +115,7 @@ class RecoveryClient {
       const summary = `${ns.length} events, first ${String(ns[0])}, last ${String(ns.at(-1))}`;
       throw new Error(
         `${(error as Error).message}; ${summary}; recoveries ${JSON.stringify(this.recoveries)}`,
+        { cause: error },
       );
     }
   }

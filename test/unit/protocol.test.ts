@@ -729,11 +729,21 @@ describe('section 4: the shapes a push config may have', () => {
     });
   }
 
+  it('keeps since (the history extension) as a string, outside the selector', () => {
+    const config = parsePushConfig({ identities: { task: [] }, since: 'abc:12' });
+    assert.equal(config.input.since, 'abc:12');
+    assert.equal(parsePushConfig({ since: 42 }).input.since, '', 'not a string: no position');
+    assert.equal(
+      config.selector.key,
+      parsePushConfig({ identities: { task: [] } }).selector.key,
+      'since does not change which events pass',
+    );
+  });
+
   it('ignores keys it does not know, as bahamut does (a newer client must not be cut off)', () => {
     const config = parsePushConfig({
       identities: { task: ['create'] },
       identity: { user: [] },
-      since: 'a position',
       future: { nested: [1, 2] },
     });
     assert.deepEqual(Object.keys(config.input), ['identities']);
