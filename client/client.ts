@@ -18,9 +18,11 @@ import { PushConfigError, PushRefusedError, type ErrorObject } from './errors.js
 import {
   decodeEvent,
   encodeConfig,
+  RECOVERY_TYPE,
   type PushConfig,
   type PushEncoding,
   type ReceivedEvent,
+  type RecoveryInfo,
 } from './protocol.js';
 
 /**
@@ -96,6 +98,11 @@ export interface PushClientEventMap {
   reconnecting: ReconnectInfo;
   /** The server refused with 401 or 403: the client stopped (until `connect()`). */
   refused: PushRefusedError;
+  /**
+   * A reconnection's replay ended (PROTOCOL.md section 9): with `recovered`
+   * false, events were missed and the application must re-read its state.
+   */
+  recovery: RecoveryInfo;
 }
 
 /** A listener of {@link PushClient.on}. */
@@ -134,6 +141,15 @@ export interface PushClientOptions {
   /** Set to false to never reconnect: the client closes when its socket does. Default true. */
   reconnect?: boolean;
   /**
+   * With a server that keeps history (PROTOCOL.md section 9), a reconnection
+   * resumes after the last event received (`since`), and a `recovery` event
+   * says whether nothing was missed. Set to false to always start live.
+   * Default true.
+   */
+  resume?: boolean;
+  /** A position to resume from on the first connection (one saved by an earlier run). */
+  since?: string;
+  /**
    * Browsers only (Node's `ws` reads the status itself): an HTTP URL,
    * relative to the endpoint, that answers a GET carrying the handshake's
    * query with the handshake's refusal: the status and the JSON error body,
@@ -168,6 +184,11 @@ export interface PushClient extends AsyncIterable<ReceivedEvent> {
    * (stopped by close(), or by a drop with `reconnect: false`).
    */
   readonly state: PushClientState;
+  /**
+   * The position of the last event received, when the server keeps history
+   * (PROTOCOL.md section 9): save it to resume a later run with `since`.
+   */
+  readonly position: string | undefined;
   /** The push config last given to setConfig(), if any. */
   readonly config: PushConfig | undefined;
   /**
@@ -279,6 +300,8 @@ class Client implements PushClient {
   readonly #listeners = new Map<string, Set<(payload: never) => void>>();
   readonly #sinks = new Set<Sink>();
   #state: PushClientState = 'closed';
+  /** The position of the last event received (history on), the `since` of the next connection. */
+  #position: string | undefined;
   #socket: WebSocketLike | undefined;
   #timer: unknown;
   /** Failed attempts since the last healthy connection: the exponent of the backoff. */
@@ -293,6 +316,7 @@ class Client implements PushClient {
   constructor(url: string | URL, options: PushClientOptions, transport: Transport) {
     this.#endpoint = endpointUrl(url);
     this.#options = options;
+    if (typeof options.since === 'string' && options.since !== '') this.#position = options.since;
     this.#transport = transport;
     this.#scheduler = options.scheduler ?? realScheduler;
     if (
@@ -314,6 +338,11 @@ class Client implements PushClient {
     }
     if (options.WebSocket !== undefined) transport.checkWebSocket?.(options.WebSocket);
     this.connect();
+  }
+
+  /** The position of the last event received, when the server keeps history (section 9). */
+  get position(): string | undefined {
+    return this.#position;
   }
 
   get state(): PushClientState {
@@ -450,6 +479,11 @@ class Client implements PushClient {
     if (token !== undefined && token !== '') url.searchParams.set('token', token);
     url.searchParams.set('encoding', this.#options.encoding ?? 'json');
     if (this.#options.enableErrors !== false) url.searchParams.set('enableErrors', 'true');
+    // Resume where the last connection stopped, when the server keeps history (section 9). In
+    // the URL rather than the config: the server then holds live events until the replay is done.
+    if (this.#position !== undefined && this.#options.resume !== false) {
+      url.searchParams.set('since', this.#position);
+    }
     return url;
   }
 
@@ -527,6 +561,13 @@ class Client implements PushClient {
       this.#emit('error', error as Error);
       return;
     }
+    if (event.type === RECOVERY_TYPE && event.identity === '') {
+      const info = event.entity as RecoveryInfo;
+      if (info.position !== '') this.#position = info.position;
+      this.#emit('recovery', info);
+      return;
+    }
+    if (event.position !== undefined) this.#position = event.position;
     // An error event (section 4): the server rejected the config, it is not an application event.
     if (event.type === 'error' && event.identity === '') {
       const object = event.entity as ErrorObject | undefined;

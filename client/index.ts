@@ -37,4 +37,4 @@ export { backoffDelay, DEFAULT_MAX_DELAY, DEFAULT_MIN_DELAY } from './backoff.js
 export type { BackoffOptions, Scheduler } from './backoff.js';
 export { PushClientError, PushConfigError, PushDecodeError, PushRefusedError } from './errors.js';
 export type { ErrorObject } from './errors.js';
-export type { PushConfig, PushEncoding, ReceivedEvent } from './protocol.js';
+export type { PushConfig, PushEncoding, ReceivedEvent, RecoveryInfo } from './protocol.js';

@@ -28,7 +28,26 @@ export interface ReceivedEvent<E = unknown> {
   entity: E;
   /** When it happened, as the publisher said. */
   timestamp: Date;
+  /**
+   * Its position in the topic's history, when the server keeps history
+   * (PROTOCOL.md section 9): what the client sends back as `since` to resume.
+   */
+  position?: string;
 }
+
+/** The recovery frame of PROTOCOL.md section 9: the end of a replay after a reconnection. */
+export interface RecoveryInfo {
+  /** True when every event since the last one received was replayed; false: re-read state. */
+  recovered: boolean;
+  /** Where the client stands now: the `since` of its next reconnection. */
+  position: string;
+}
+
+/**
+ * What toEvent makes of a recovery frame: an event of identity `''` and type `recovery` whose
+ * entity is the {@link RecoveryInfo}, told apart by the client as it tells error events apart.
+ */
+export const RECOVERY_TYPE = 'recovery';
 
 const JSON_MEDIA_TYPE = 'application/json';
 const utf8 = new TextDecoder();
@@ -55,15 +74,25 @@ function readTimestamp(value: unknown): Date {
 }
 
 function toEvent(map: Record<string, unknown>, entity: unknown): ReceivedEvent {
+  const recovery = map.recovery as Partial<RecoveryInfo> | null | undefined;
+  if (map.identity === undefined && typeof recovery === 'object' && recovery !== null) {
+    const info: RecoveryInfo = {
+      recovered: recovery.recovered === true,
+      position: typeof recovery.position === 'string' ? recovery.position : '',
+    };
+    return { identity: '', type: RECOVERY_TYPE, entity: info, timestamp: new Date() };
+  }
   if (typeof map.identity !== 'string' || typeof map.type !== 'string') {
     throw new PushDecodeError('the event has no identity or type');
   }
-  return {
+  const event: ReceivedEvent = {
     identity: map.identity,
     type: map.type,
     entity,
     timestamp: readTimestamp(map.timestamp),
   };
+  if (typeof map.position === 'string') event.position = map.position;
+  return event;
 }
 
 function asBytes(data: unknown): Uint8Array | undefined {

@@ -32,6 +32,7 @@ import { LocalPubSub } from '../../lib/pubsub/local.js';
 import { NatsPubSub } from '../../lib/pubsub/nats.js';
 import { RedisPubSub } from '../../lib/pubsub/redis.js';
 import { tenantIsolationPlugin } from '../../plugins/tenant/index.js';
+import { createPushClient, type RecoveryInfo } from '../../client/node.js';
 import { startNats, startRedis, type Broker } from '../helpers/brokers.js';
 import { startPushApp, type PushApp, type PushAppOptions } from '../helpers/push-app.js';
 import { waitFor } from '../helpers/wait.js';
@@ -446,6 +447,46 @@ describe('positions in frames', () => {
       assert.equal('position' in (c.frames[0]?.raw ?? {}), false);
       c.ws.terminate();
     } finally {
+      await server.close();
+    }
+  });
+});
+
+describe('pushwire/client resumes by itself', () => {
+  it('a dropped connection reconnects with since: every event once, then a recovery event', async () => {
+    const pubsub = new LocalPubSub({ history: { maxEvents: 5_000 } });
+    const server = await startPushApp({ pubsub });
+    const received: number[] = [];
+    const recoveries: RecoveryInfo[] = [];
+    const client = createPushClient(server.wsUrl, { minDelay: 10 });
+    client.setConfig({});
+    client.on('event', (e) => received.push((e.entity as { n: number }).n));
+    client.on('recovery', (info) => recoveries.push(info));
+    try {
+      await waitFor(() => server.push.sessions().some((s) => s.pushConfig !== undefined), {
+        timeout: DEADLINE_MS,
+        message: 'the client configured',
+      });
+      const publishing = publishSteadily(server, 0, EVENTS);
+      await waitFor(() => received.length >= 250, { timeout: DEADLINE_MS, message: '250 events' });
+      // A network drop under the server: the socket destroyed, no close frame.
+      const [session] = server.push.sessions();
+      (
+        session as unknown as { transport: { socket: { destroy(): void } } }
+      ).transport.socket.destroy();
+      await publishing;
+      await waitFor(() => received.length >= EVENTS && recoveries.length === 1, {
+        timeout: DEADLINE_MS,
+        message: `every event and one recovery (got ${received.length})`,
+      });
+      assert.deepEqual(
+        received,
+        Array.from({ length: EVENTS }, (_, i) => i),
+      );
+      assert.equal(recoveries[0]?.recovered, true);
+      assert.equal(client.position, recoveries[0]?.position ?? client.position);
+    } finally {
+      client.close();
       await server.close();
     }
   });
