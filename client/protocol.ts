@@ -3,7 +3,7 @@
  * events in, push configs out, in either encoding. No I/O.
  */
 import { PushDecodeError } from './errors.js';
-import { decodeMsgpack, encodeMsgpack } from './msgpack.js';
+import { Decoder, Encoder } from '@msgpack/msgpack';
 
 /** How the client and the server talk: the `encoding` query parameter. */
 export type PushEncoding = 'json' | 'msgpack';
@@ -50,6 +50,11 @@ export interface RecoveryInfo {
 export const RECOVERY_TYPE = 'recovery';
 
 const JSON_MEDIA_TYPE = 'application/json';
+// One decoder and one encoder for the page: the library's decode()/encode() build an
+// instance (and its buffers) per call. Events are decoded one at a time, never nested.
+const msgpackDecoder = new Decoder();
+// A config key set to undefined is left out, as JSON.stringify leaves it out (not nil).
+const msgpackEncoder = new Encoder({ ignoreUndefined: true });
 const utf8 = new TextDecoder();
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -117,11 +122,13 @@ function decodeMsgpackEvent(bytes: Uint8Array): ReceivedEvent {
   let map: Record<string, unknown>;
   let entity: unknown;
   try {
-    map = asRecord(decodeMsgpack(bytes));
+    map = asRecord(msgpackDecoder.decode(bytes));
     entity = map.entity;
     if (entity instanceof Uint8Array) {
       entity =
-        map.encoding === JSON_MEDIA_TYPE ? JSON.parse(utf8.decode(entity)) : decodeMsgpack(entity);
+        map.encoding === JSON_MEDIA_TYPE
+          ? JSON.parse(utf8.decode(entity))
+          : msgpackDecoder.decode(entity);
     }
   } catch (error) {
     if (error instanceof PushDecodeError) throw error;
@@ -179,5 +186,14 @@ export function encodeConfig(config: PushConfig, encoding: PushEncoding): string
   if (config === null || typeof config !== 'object' || Array.isArray(config)) {
     throw new TypeError('a push config is an object { identities, filters, parameters }');
   }
-  return encoding === 'msgpack' ? encodeMsgpack(config) : JSON.stringify(config);
+  if (encoding !== 'msgpack') return JSON.stringify(config);
+  try {
+    return msgpackEncoder.encode(config);
+  } catch (error) {
+    // The library throws a plain Error for what it cannot encode (a bigint, a function):
+    // setConfig promises a TypeError, as JSON.stringify throws for a bigint.
+    throw new TypeError(`the push config cannot be encoded: ${(error as Error).message}`, {
+      cause: error,
+    });
+  }
 }
