@@ -19,6 +19,23 @@ import { withTimeout } from './timing.js';
 const NO_IDENTITIES: readonly string[] = [];
 const NO_PREDICATES: readonly DispatchPredicate[] = [];
 
+/** A fresh context for one event's dispatch chain; `replayFor` set for a replay to one session. */
+function dispatchContext(
+  publication: DecodedPublication,
+  replayFor: PushSession | undefined,
+): DispatchContext {
+  const { event, ...headers } = publication;
+  const ctx: DispatchContext = {
+    event,
+    publication: headers,
+    relatedIdentities: [],
+    predicates: [],
+    stats: newDispatchStats(),
+    state: {},
+  };
+  return replayFor === undefined ? ctx : { ...ctx, replayFor };
+}
+
 /** The dispatch chain of the plugins, composed. */
 export type DispatchChain = (
   ctx: DispatchContext,
@@ -143,16 +160,8 @@ export class TopicSubscription {
     publication: DecodedPublication,
     session: PushSession,
   ): Promise<DispatchContext | undefined> {
-    const { event, ...headers } = publication;
-    const ctx: DispatchContext = {
-      event,
-      publication: headers,
-      relatedIdentities: [],
-      predicates: [],
-      stats: newDispatchStats(),
-      state: {},
-      replayFor: session,
-    };
+    const ctx = dispatchContext(publication, session);
+    const event = ctx.event;
     const chain = this.#dispatchChain;
     if (chain === undefined) return ctx;
     let reached: DispatchContext | undefined;
@@ -223,15 +232,8 @@ export class TopicSubscription {
    * rejects) once the chain finished, failed or timed out.
    */
   #runDispatch(publication: DecodedPublication, receivedAt: number): Promise<void> | undefined {
-    const { event, ...headers } = publication;
-    const ctx: DispatchContext = {
-      event,
-      publication: headers,
-      relatedIdentities: [],
-      predicates: [],
-      stats: newDispatchStats(),
-      state: {},
-    };
+    const ctx = dispatchContext(publication, undefined);
+    const event = ctx.event;
     let abandoned = false;
     let reached = false;
     const chain = this.#dispatchChain;
