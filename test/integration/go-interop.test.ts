@@ -42,6 +42,7 @@ import {
   type PushSession,
   type WireEvent,
 } from '../../lib/index.js';
+import { LocalPubSub } from '../../lib/pubsub/local.js';
 import { NatsPubSub } from '../../lib/pubsub/nats.js';
 import { jwtAuthPlugin } from '../../plugins/jwt/index.js';
 import { startNats, type Broker } from '../helpers/brokers.js';
@@ -138,6 +139,8 @@ describe('Go interop: bahamut, elemental and manipulate against pushwire', () =>
   let app: PushApp | undefined;
   let hierarchyApp: PushApp | undefined;
   let jwtApp: PushApp | undefined;
+  /** History on: events carry a `position` key bahamut's structs have no field for. */
+  let historyApp: PushApp | undefined;
   const children = new Set<ChildProcess>();
   const clients: TestClient[] = [];
   let buildMs = 0;
@@ -226,6 +229,10 @@ describe('Go interop: bahamut, elemental and manipulate against pushwire', () =>
         }),
       ],
     });
+    historyApp = await startPushApp({
+      pubsub: new LocalPubSub({ history: { maxEvents: 100 } }),
+      plugins: [authPlugin((session) => (session.token === TOKEN ? 'ok' : 'ko'))],
+    });
     hierarchyApp = await startPushApp({
       pubsub: new NatsPubSub({ servers: nats.url }),
       topic: 'tree',
@@ -236,7 +243,7 @@ describe('Go interop: bahamut, elemental and manipulate against pushwire', () =>
   after(async () => {
     for (const child of children) child.kill('SIGKILL');
     for (const client of clients) client.ws.terminate();
-    for (const target of [app, hierarchyApp, jwtApp]) {
+    for (const target of [app, hierarchyApp, jwtApp, historyApp]) {
       await target?.close();
       await target?.pubsub.disconnect();
     }
@@ -341,6 +348,32 @@ describe('Go interop: bahamut, elemental and manipulate against pushwire', () =>
       for (const e of events) {
         assert.ok(Math.abs(Date.parse(e.timestamp as string) - Date.now()) < 60_000);
       }
+      assert.equal(lines.filter((l) => l.kind === 'error').length, 0);
+    });
+
+    it(`${encoding}: with history on, the Go client decodes events that carry a position (a key elemental's Event has no field for)`, async () => {
+      await noSessions(historyApp!);
+      const client = start('client', [
+        `-url=${historyApp!.wsUrl}`,
+        `-token=${TOKEN}`,
+        `-encoding=${encoding}`,
+        `-config=${JSON.stringify({ identities: { task: [] } })}`,
+        '-events=2',
+      ]);
+      await client.line('open');
+      await configured(historyApp!);
+      await historyApp!.push.publish(
+        { identity: 'task', type: 'create', entity: task('h1', 1) },
+        { identity: 'task', type: 'update', entity: task('h2', 2) },
+      );
+      const lines = await client.exited();
+      assert.deepEqual(
+        lines.filter((l) => l.kind === 'event').map((e) => [e.type, e.entity]),
+        [
+          ['create', goTask('h1', 1)],
+          ['update', goTask('h2', 2)],
+        ],
+      );
       assert.equal(lines.filter((l) => l.kind === 'error').length, 0);
     });
 
