@@ -142,9 +142,19 @@ export class Recovery {
   }
 
   #start(session: ServerSession, resume: Resume, since: string): void {
-    const run = this.#replay(session, resume, since).finally(() => {
-      this.#running.delete(run);
-    });
+    const run = this.#replay(session, resume, since)
+      .catch((error: unknown) => {
+        // Nothing in a replay is meant to throw; should something, the session must not stay
+        // held (it would get no live event again) and the process must not see a rejection.
+        session.resume = undefined;
+        this.#options.logger.error(
+          { sessionId: session.id, err: describeError(error) },
+          'pushwire: replay failed unexpectedly',
+        );
+      })
+      .finally(() => {
+        this.#running.delete(run);
+      });
     this.#running.add(run);
   }
 
