@@ -46,6 +46,11 @@ export interface ServerSpec {
   batch: number;
   /** A session counts as backlogged past this many bytes waiting in the server (bytes). */
   highWater: number;
+  /**
+   * pushwire only: LocalPubSub keeps a history of this many events (`history: { maxEvents }`,
+   * so events carry positions and sessions may resume); off when absent.
+   */
+  historyMaxEvents?: number;
 }
 
 /** Orchestrator → server child. */
@@ -62,7 +67,9 @@ export type ServerCommand =
   | { type: 'rss-sampling'; intervalMs: number }
   | { type: 'rss-samples' }
   /** Writes a V8 heap snapshot after GC (for finding what an idle session keeps alive). */
-  | { type: 'heap-snapshot'; path: string };
+  | { type: 'heap-snapshot'; path: string }
+  /** pushwire with history: publishes `count` events and waits until the history holds them. */
+  | { type: 'fill-history'; count: number };
 
 /** Server child → orchestrator. */
 export type ServerReply =
@@ -75,6 +82,8 @@ export type ServerReply =
   | { type: 'rss-sampling' }
   | { type: 'rss-samples'; samples: Array<[number, number]> }
   | { type: 'heap-snapshot'; path: string }
+  /** `since`: the position of the first event filled, so a resume from it replays the others. */
+  | { type: 'history-filled'; since: string; stored: number }
   | { type: 'error'; message: string };
 
 /** Counters of a server child at one instant. */

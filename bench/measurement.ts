@@ -67,6 +67,8 @@ export interface Setup {
   slow: number;
   /** Measure idle memory before the load. */
   memory: boolean;
+  /** pushwire: LocalPubSub keeps a history of this many events; off when absent. */
+  history?: number;
 }
 
 /** The measurements of one run, over one set of client children; a failure is recorded, not thrown. */
@@ -85,6 +87,7 @@ export class Bench {
       variant: setup.variant,
       batch: this.options.batch,
       highWater: this.options.highWater,
+      ...(setup.history === undefined ? {} : { historyMaxEvents: setup.history }),
     };
     const execArgv = ['--import', 'tsx', '--expose-gc'];
     if (this.options.profile) {
@@ -193,7 +196,8 @@ export class Bench {
   label(setup: Setup): string {
     const variant = setup.variant === 'none' ? '' : ` +${setup.variant}`;
     const slow = setup.slow > 0 ? `, ${setup.slow} slow` : '';
-    return `${MODE_LABELS[setup.mode]}${variant}, ${setup.sessions} sessions${slow}`;
+    const history = setup.history === undefined ? '' : ' +history';
+    return `${MODE_LABELS[setup.mode]}${variant}${history}, ${setup.sessions} sessions${slow}`;
   }
 
   /** Maximum load: delivered rate, CPU, idle memory; or, with slow consumers, RSS over time. */

@@ -21,15 +21,16 @@ export const USAGE = `Usage: tsx bench/run.ts [flags]
   --batch N             events per burst (per event-loop turn) at maximum load (default 10)
   --high-water BYTES    a session is backlogged past this many bytes waiting (default 65536)
   --modes LIST          modes to run (default ${MODES.join(',')})
-  --phases LIST         throughput,latency,work,slow (default all)
-  --work-sessions N     sessions of the per-session work and slow runs (default: first of --sessions)
+  --phases LIST         throughput,latency,work,slow,history (default all)
+  --work-sessions N     sessions of the per-session work, slow and history runs (default: first of --sessions)
+  --replay-events N     events replayed to one resuming session in the history phase (default 10000)
   --profile             run servers with --cpu-prof, profiles in bench/results/profiles/
   --out DIR             where to write results (default bench/results; --smoke: bench/results/smoke)
   --render FILE         measure nothing: rebuild the table, latest.md and chart.svg from a latest.json
   --help`;
 
 /** The phases of a run, in the order they run. */
-export const PHASES = ['throughput', 'latency', 'work', 'slow'] as const;
+export const PHASES = ['throughput', 'latency', 'work', 'slow', 'history'] as const;
 /** One phase of a run (`--phases`). */
 export type Phase = (typeof PHASES)[number];
 
@@ -48,6 +49,8 @@ export interface Options {
   modes: Mode[];
   phases: Phase[];
   workSessions: number;
+  /** Events replayed to the resuming session of the history phase. */
+  replayEvents: number;
   profile: boolean;
   out: string;
   /** A latest.json to render again instead of measuring. */
@@ -89,6 +92,7 @@ export function parseOptions(argv: string[]): Options {
       modes: { type: 'string' },
       phases: { type: 'string' },
       'work-sessions': { type: 'string' },
+      'replay-events': { type: 'string' },
       profile: { type: 'boolean', default: false },
       out: { type: 'string' },
       render: { type: 'string' },
@@ -126,6 +130,7 @@ export function parseOptions(argv: string[]): Options {
     workSessions: Math.round(
       positive('work-sessions', values['work-sessions'], sessions[0] ?? 1000),
     ),
+    replayEvents: Math.round(positive('replay-events', values['replay-events'], 10_000)),
     profile: values.profile === true,
     // A smoke run never overwrites the full run's figures (the ones the README shows).
     out:

@@ -103,6 +103,45 @@ export interface SlowFigures {
   rssSeries: Array<[number, number]>;
 }
 
+/** The cost of history (issue 14), pushwire JSON on LocalPubSub. */
+export interface HistoryFigures {
+  /** Sessions of the fan-out with history on and off. */
+  sessions: number;
+  /** The history's maxEvents in the fan-out with history on. */
+  maxEvents: number;
+  off: { deliveriesPerSec: Summary; cpuUsPerDelivery: Summary };
+  on: { deliveriesPerSec: Summary; cpuUsPerDelivery: Summary };
+  /** Median delivered rate, history on over off. */
+  rateRatio: number;
+  /** Median server CPU per delivery, history on over off. */
+  cpuRatio: number;
+  /** Delivered rate on over off within each repetition (the two measured back to back). */
+  pairRateRatios: Summary;
+  /** Server CPU per delivery on over off within each repetition. */
+  pairCpuRatios: Summary;
+  replay: {
+    /** Events replayed to the one resuming session, before its recovery frame. */
+    events: number;
+    /** From the handshake's open to the recovery frame. */
+    eventsPerSec: Summary;
+    /** Server CPU over the replay, per event replayed. */
+    cpuUsPerEvent: Summary;
+    /** The reference: live events to one session at maximum load, history on. */
+    liveOneSession: { deliveriesPerSec: Summary; cpuUsPerDelivery: Summary };
+    /** Median replay rate over the median live rate to one session. */
+    ratioToLive: number;
+  };
+  /** bench/history-memory.ts's figures; absent when it failed. */
+  memory?: {
+    events: number;
+    payloadBytes: number;
+    retainedMB: number;
+    bytesPerEvent: number;
+    overheadPerEvent: number;
+    afterThreeTimesMoreMB: number;
+  };
+}
+
 /** One target of issue 7 (or 8), evaluated on medians. */
 export interface TargetCheck {
   name: string;
@@ -135,6 +174,7 @@ export interface BenchResults {
     slowSessions: number;
     modes: Partial<Record<Mode, SlowFigures>>;
   };
+  history?: HistoryFigures;
   targets: TargetCheck[];
   failures: string[];
 }
@@ -277,6 +317,71 @@ export function workRows(results: BenchResults): { header: Row; rows: Row[] } | 
   return { header, rows };
 }
 
+/** " (pairs 0.91–1.05×)": the spread of per-repetition ratios, when there are several. */
+function pairRange(s: Summary | undefined): string {
+  if (s === undefined || s.values.length <= 1 || !Number.isFinite(s.min)) return '';
+  return ` (pairs ${s.min.toFixed(2)}–${s.max.toFixed(2)}×)`;
+}
+
+/** The cost-of-history table (pushwire JSON, LocalPubSub). */
+export function historyRows(results: BenchResults): { header: Row; rows: Row[] } | undefined {
+  const h = results.history;
+  if (h === undefined) return undefined;
+  const header: Row = ['cost of history, pushwire JSON, LocalPubSub', 'measured', 'ratio'];
+  const rows: Row[] = [
+    [
+      `fan-out, ${h.sessions} sessions, history off: delivered events/s`,
+      formatSummary(h.off.deliveriesPerSec, formatCount),
+      '',
+    ],
+    [
+      `fan-out, history on (maxEvents ${h.maxEvents}): delivered events/s`,
+      formatSummary(h.on.deliveriesPerSec, formatCount),
+      `${h.rateRatio.toFixed(2)}× off${pairRange(h.pairRateRatios)}`,
+    ],
+    [
+      'fan-out, history off: server CPU µs/delivery',
+      formatSummary(h.off.cpuUsPerDelivery, fixed(3)),
+      '',
+    ],
+    [
+      'fan-out, history on: server CPU µs/delivery',
+      formatSummary(h.on.cpuUsPerDelivery, fixed(3)),
+      `${h.cpuRatio.toFixed(2)}× off${pairRange(h.pairCpuRatios)}`,
+    ],
+    [
+      'live, one session, history on: delivered events/s',
+      formatSummary(h.replay.liveOneSession.deliveriesPerSec, formatCount),
+      '',
+    ],
+    [
+      'live, one session: server CPU µs/delivery (publishing included)',
+      formatSummary(h.replay.liveOneSession.cpuUsPerDelivery, fixed(2)),
+      '',
+    ],
+    [
+      `replay of ${h.replay.events} events to one resuming session: events/s`,
+      formatSummary(h.replay.eventsPerSec, formatCount),
+      Number.isFinite(h.replay.ratioToLive) ? `${h.replay.ratioToLive.toFixed(2)}× live` : '',
+    ],
+    ['replay: server CPU µs/event', formatSummary(h.replay.cpuUsPerEvent, fixed(2)), ''],
+  ];
+  if (h.memory !== undefined) {
+    const m = h.memory;
+    rows.push([
+      `history memory per ${m.events} events of ${m.payloadBytes} bytes`,
+      `${m.retainedMB.toFixed(2)} MB (${m.bytesPerEvent} B/event, ${m.overheadPerEvent} overhead)`,
+      '',
+    ]);
+    rows.push([
+      `history memory after ${m.events * 3} more events (bounded)`,
+      `${m.afterThreeTimesMoreMB.toFixed(2)} MB`,
+      '',
+    ]);
+  }
+  return { header, rows };
+}
+
 /** The targets table. */
 export function targetRows(results: BenchResults): { header: Row; rows: Row[] } {
   return {
@@ -324,6 +429,8 @@ export function markdownReport(results: BenchResults, command: string): string {
   ];
   const work = workRows(results);
   if (work !== undefined) parts.push('', markdownTable(work));
+  const history = historyRows(results);
+  if (history !== undefined) parts.push('', markdownTable(history));
   parts.push(
     '',
     markdownTable(targetRows(results)),

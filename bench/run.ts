@@ -27,6 +27,7 @@ import { cpus, platform, release, totalmem } from 'node:os';
 import { Child, CLIENT_FILE, type ClientChild } from './children.js';
 import { Bench } from './measurement.js';
 import { parseOptions } from './options.js';
+import { historyPhase } from './phases/history.js';
 import { latencyPhase } from './phases/latency.js';
 import { slowPhase } from './phases/slow.js';
 import { throughputPhase } from './phases/throughput.js';
@@ -34,6 +35,7 @@ import { workPhase } from './phases/work.js';
 import {
   chartSvg,
   environmentLine,
+  historyRows,
   mainRows,
   markdownReport,
   targetRows,
@@ -49,6 +51,8 @@ function writeOutputs(results: BenchResults, out: string, command: string): void
   console.log(textTable(mainRows(results)));
   const work = workRows(results);
   if (work !== undefined) console.log('\n' + textTable(work));
+  const history = historyRows(results);
+  if (history !== undefined) console.log('\n' + textTable(history));
   console.log('\n' + textTable(targetRows(results)));
   console.log(`\n${environmentLine(results)}; ${results.durationSeconds} s`);
   mkdirSync(out, { recursive: true });
@@ -113,6 +117,7 @@ async function main(): Promise<void> {
       await workPhase(bench, results);
     }
     if (options.phases.includes('slow')) await slowPhase(bench, results);
+    if (options.phases.includes('history')) await historyPhase(bench, results);
   } finally {
     await stopAll();
   }

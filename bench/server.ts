@@ -49,6 +49,8 @@ interface Target {
   backlogged(bytes: number, limit: number): number;
   /** Events the server dropped for slow consumers. */
   dropped(): number;
+  /** With history (pushwire): publishes `count` events, resolves once all are stored. */
+  fillHistory?(count: number): Promise<{ since: string; stored: number }>;
 }
 
 const spec = JSON.parse(process.argv[2] ?? '{}') as ServerSpec;
@@ -112,7 +114,10 @@ async function startPushwire(): Promise<{ target: Target; port: number }> {
     );
     plugins.unshift(tracingPlugin({ tracer }));
   }
-  const push: PushMiddleware = pushMiddleware(new LocalPubSub(), 'events', { plugins });
+  const bus = new LocalPubSub(
+    spec.historyMaxEvents === undefined ? {} : { history: { maxEvents: spec.historyMaxEvents } },
+  );
+  const push: PushMiddleware = pushMiddleware(bus, 'events', { plugins });
   app.use('/api', push);
   push.attach(ews);
   await push.ready;
@@ -133,6 +138,23 @@ async function startPushwire(): Promise<{ target: Target; port: number }> {
     sessions: () => push.stats().sessionsOpen,
     backlogged: (bytes, limit) => countBacklogged(sockets, bytes, limit),
     dropped: () => push.stats().dropped + failures,
+    async fillHistory(count) {
+      const history = bus.history;
+      if (history === undefined) throw new Error('fill-history: this server keeps no history');
+      const published: Array<Promise<void>> = [];
+      for (let seq = 0; seq < count; seq++) {
+        published.push(
+          push.publish({ identity: IDENTITY, type: TYPE, entity: makeEntity(seq, nowUs()) }),
+        );
+      }
+      await Promise.all(published);
+      // The first event's position: a session resuming from it is replayed the other count - 1.
+      // `<epoch>:0` is before a root's first event (LocalHistory's positions count from 1).
+      const first = await history.read('events', `${history.epoch}:0`, 1);
+      const since = first.entries[0]?.position;
+      if (since === undefined) throw new Error('fill-history: nothing was stored');
+      return { since, stored: history.size('events') };
+    },
   };
   return { target, port: (server.address() as AddressInfo).port };
 }
@@ -392,6 +414,18 @@ async function main(): Promise<void> {
         gc?.();
         toParent({ type: 'heap-snapshot', path: writeHeapSnapshot(message.path) });
         break;
+      case 'fill-history': {
+        const fill = target.fillHistory;
+        if (fill === undefined) {
+          toParent({ type: 'error', message: 'fill-history: only pushwire keeps history' });
+          break;
+        }
+        fill(message.count).then(
+          ({ since, stored }) => toParent({ type: 'history-filled', since, stored }),
+          (error: unknown) => toParent({ type: 'error', message: String(error) }),
+        );
+        break;
+      }
     }
   });
   // The orchestrator ends this process by closing the channel; exiting normally lets

@@ -105,6 +105,15 @@ export function evaluateTargets(results: BenchResults): TargetCheck[] {
       });
     }
   }
+  const history = results.history;
+  if (history !== undefined) {
+    checks.push({
+      name: `history on vs off, fan-out at ${history.sessions} sessions (issue 14)`,
+      measured: `${history.rateRatio.toFixed(2)}×`,
+      target: '≥ 0.9×',
+      met: history.rateRatio >= 0.9,
+    });
+  }
   const slow = results.slow;
   if (slow !== undefined) {
     for (const mode of pushModes) {
