@@ -67,6 +67,8 @@ export class FanOut {
   /** Scratch for #fanOut: which events of the batch pass step 3 for one push-config selector. */
   readonly #configPassed: boolean[] = new Array<boolean>(MAX_BATCH).fill(false);
   #corked: ServerSession[] = [];
+  /** With history on, the history's order of positions (for sessions just resumed: #passFloor). */
+  comparePositions: ((a: string, b: string) => number) | undefined;
   #uncorkScheduled = false;
 
   /**
@@ -189,6 +191,14 @@ export class FanOut {
         // follow the replayed ones in order; the seam drops those already replayed.
         session.resume.hold(batch);
         continue;
+      }
+      if (session.floor !== undefined) {
+        const from = this.#passFloor(session, batch);
+        if (from < 0) continue;
+        if (from > 0) {
+          filtered += this.#fanOutToSession(session, batch, from);
+          continue;
+        }
       }
       if (session.asyncTail !== undefined) {
         // An async verdict is pending for this session: its events queue behind it.
@@ -411,6 +421,26 @@ export class FanOut {
       });
     session.asyncTail = tail;
     return tail;
+  }
+
+  /**
+   * For a session whose replay just ended (recovery.ts): live delivery can
+   * lag behind the history read, so live copies of replayed events may still
+   * come. Returns -1 when every event of the batch is at or before the
+   * session's floor (the session gets none), else the index of the first
+   * one after it, from which the session is live again (floor cleared).
+   */
+  #passFloor(session: ServerSession, batch: readonly BatchedEvent[]): number {
+    const floor = session.floor as string;
+    const compare = this.comparePositions;
+    for (let i = 0; i < batch.length; i++) {
+      const at = (batch[i] as BatchedEvent).event.position;
+      if (at === undefined || compare === undefined || compare(at, floor) > 0) {
+        session.floor = undefined;
+        return i;
+      }
+    }
+    return -1;
   }
 
   /**

@@ -224,6 +224,8 @@ export class Recovery {
    */
   async #releaseHeld(session: ServerSession, resume: Resume, position: string): Promise<void> {
     let last = position;
+    // Live events still waiting for their fan-out reach the held list first.
+    this.#fanOut.flush();
     while (resume.held.length > 0 && session.open) {
       const held = resume.held;
       resume.held = [];
@@ -234,7 +236,12 @@ export class Recovery {
         if (at !== undefined) last = at;
         await this.#deliver(session, item.event, item.related, item.predicates, item.frames);
       }
+      this.#fanOut.flush();
     }
+    // A read sees the history's tail at once, while live delivery (a follower) can be behind
+    // it: a live copy of a replayed event may still come. The fan-out drops, for this session,
+    // live events at or before `last` until one after it passes (fan-out.ts, #passFloor).
+    session.floor = last;
     session.resume = undefined;
   }
 

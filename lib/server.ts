@@ -96,6 +96,7 @@ export class PushServer {
             subscription: this.#subscription,
             fanOut: this.#fanOut,
           });
+    if (history !== undefined) this.#fanOut.comparePositions = (a, b) => history.compare(a, b);
     this.#registry.attach(this.#fanOut, this.#recovery);
     this.#publisher = new Publisher({
       pubsub,

@@ -208,6 +208,11 @@ export class ServerSession implements PushSession {
   readonly since: string | undefined;
   /** True once an event was written to this session (a later `since` cannot be honoured in order). */
   received = false;
+  /**
+   * After a replay: live events at or before this position were sent by the replay and are
+   * dropped for this session until a later one passes (fan-out.ts).
+   */
+  floor: string | undefined;
   /** Set while the session replays history: live events are held until it is done (recovery.ts). */
   resume: ResumeHold | undefined;
   /** Pending async predicate checks, chained so one session's events stay in order. */

@@ -121,9 +121,15 @@ class RecoveryClient {
     }
   }
 
-  /** A cut: the socket destroyed under the client, no close handshake (a network drop). */
-  cut(): void {
+  /**
+   * A cut: the socket destroyed under the client, no close handshake (a network drop).
+   * Resolves once the client closed: frames already read before the drop are still handed
+   * over until then, and the position to resume from is that of the last of them.
+   */
+  async cut(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.ws.once('close', () => resolve()));
     (this.ws as unknown as { _socket: { destroy(): void } })._socket.destroy();
+    await closed;
   }
 }
 
@@ -271,7 +277,7 @@ for (const backend of backends) {
       const first = await client(server);
       const publishing = publishSteadily(server, 0, EVENTS);
       await first.until('300 events before the cut', () => first.events.length >= 300);
-      first.cut();
+      await first.cut();
       const since = first.lastPosition as string;
       assert.ok(since, 'events carry positions');
       // `since` in the URL: the server holds live events from the handshake on, so none can be
@@ -299,7 +305,7 @@ for (const backend of backends) {
       const first = await client(a, {}, { msgpack: true });
       const publishing = publishSteadily(c, 0, EVENTS);
       await first.until('200 events before the cut', () => first.events.length >= 200);
-      first.cut();
+      await first.cut();
       const second = await client(
         b,
         {},
