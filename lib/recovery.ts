@@ -20,6 +20,7 @@ import type { ResolvedOptions } from './options.js';
 import type { WireEvent } from './protocol/event.js';
 import type { TopicHistory } from './pubsub/contract.js';
 import type { ResumeHold, ServerSession } from './session.js';
+import type { PushStats } from './stats.js';
 import type { TopicSubscription } from './subscription.js';
 
 /** Events read from the history per read: bounds the memory one replay holds at a time. */
@@ -61,6 +62,7 @@ class Resume implements ResumeHold {
 /** What recovery is built from. */
 export interface RecoveryInit {
   history: TopicHistory;
+  stats: PushStats;
   topic: string;
   options: ResolvedOptions;
   subscription: TopicSubscription;
@@ -74,6 +76,7 @@ export class Recovery {
   readonly #options: ResolvedOptions;
   readonly #subscription: TopicSubscription;
   readonly #fanOut: FanOut;
+  readonly #stats: PushStats;
   /** Replays running, so that shutdown can wait for them. */
   readonly #running = new Set<Promise<void>>();
 
@@ -83,6 +86,7 @@ export class Recovery {
     this.#options = init.options;
     this.#subscription = init.subscription;
     this.#fanOut = init.fanOut;
+    this.#stats = init.stats;
   }
 
   /**
@@ -210,7 +214,11 @@ export class Recovery {
         if (publication === undefined) continue;
         const ctx = await this.#subscription.dispatchReplay(publication, session);
         if (ctx === undefined) continue;
-        await this.#deliver(session, publication.event, ctx.relatedIdentities, ctx.predicates);
+        if (
+          await this.#deliver(session, publication.event, ctx.relatedIdentities, ctx.predicates)
+        ) {
+          this.#stats.eventsReplayed++;
+        }
       }
       if (!read.more) return { recovered: true, position: cursor };
     }
@@ -252,12 +260,12 @@ export class Recovery {
     related: readonly string[],
     predicates: readonly DispatchPredicate[],
     frames?: EventFrames,
-  ): Promise<void> {
+  ): Promise<boolean> {
     let verdict = this.#fanOut.verdictFor(session, event, related, predicates);
     if (verdict !== true && verdict !== false) verdict = await verdict;
-    if (!verdict) return;
+    if (!verdict) return false;
     const transport = session.transport;
-    if (transport === undefined) return;
+    if (transport === undefined) return false;
     // A replay is read as fast as the history gives it: pace it by the client, so that the
     // slow-consumer bound (which drops live events) is never what stops a recovery.
     const bound = this.#options.maxBufferedBytes / 2;
@@ -265,10 +273,14 @@ export class Recovery {
       await transport.drain(DRAIN_WAIT_MS);
     }
     const frame = (frames ?? new EventFrames(event)).for(session.format);
-    if (frame !== undefined) this.#fanOut.write(session, frame, undefined);
+    if (frame === undefined) return false;
+    this.#fanOut.write(session, frame, undefined);
+    return true;
   }
 
   #report(session: ServerSession, report: RecoveryReport): void {
+    this.#stats.recoveries++;
+    if (!report.recovered) this.#stats.recoveriesFailed++;
     this.#options.logger.debug(
       { sessionId: session.id, recovered: report.recovered, position: report.position },
       'pushwire: recovery',

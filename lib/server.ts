@@ -91,6 +91,7 @@ export class PushServer {
         ? undefined
         : new Recovery({
             history,
+            stats,
             topic,
             options,
             subscription: this.#subscription,

@@ -44,6 +44,12 @@ export interface PushStats {
   publishRetries: number;
   /** Publishes that failed every attempt. */
   publishFailures: number;
+  /** Sessions that asked to resume from a position (history on), answered by a recovery frame. */
+  recoveries: number;
+  /** Of those, the ones answered `recovered: false` (the client must re-read state). */
+  recoveriesFailed: number;
+  /** Events replayed from history to resuming sessions. */
+  eventsReplayed: number;
 }
 
 /**
@@ -78,6 +84,9 @@ export function newPushStats(): PushStats {
     published: 0,
     publishRetries: 0,
     publishFailures: 0,
+    recoveries: 0,
+    recoveriesFailed: 0,
+    eventsReplayed: 0,
   };
 }
 

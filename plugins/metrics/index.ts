@@ -247,6 +247,21 @@ export function registerMetrics(push: PushMiddleware, options: MetricsOptions): 
       'Publishes that failed every attempt.',
       (s) => s.publishFailures,
     );
+    statCounter(
+      'recoveries',
+      'Sessions that resumed from a position (history on), answered by a recovery frame.',
+      (s) => s.recoveries,
+    );
+    statCounter(
+      'recoveries_failed',
+      'Recoveries answered recovered: false (the client must re-read state).',
+      (s) => s.recoveriesFailed,
+    );
+    statCounter(
+      'events_replayed',
+      'Events replayed from history to resuming sessions.',
+      (s) => s.eventsReplayed,
+    );
 
     const pubsub = push.pubsub;
     new Gauge({

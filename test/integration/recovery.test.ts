@@ -296,6 +296,10 @@ for (const backend of backends) {
       const at = second.frames.findIndex((f) => f.recovery !== undefined);
       const before = at > 0 ? second.frames[at - 1]?.position : since;
       assert.equal(second.recoveries[0]?.position, before);
+      const stats = server.push.stats();
+      assert.equal(stats.recoveries, 1);
+      assert.equal(stats.recoveriesFailed, 0);
+      assert.equal(stats.eventsReplayed, at, 'the events before the recovery frame were replayed');
     });
 
     it('a client resumes on another server of a fleet of three (MessagePack)', async () => {
@@ -408,6 +412,7 @@ for (const backend of backends) {
         assert.equal(c.recoveries[0]?.position, head, 'the head, where the client now stands');
         assert.equal(c.events.length, 0);
       }
+      assert.equal(server.push.stats().recoveriesFailed, cases.length);
       await publishSteadily(server, 50, 1);
       for (const c of clients.slice(-cases.length)) {
         await c.until('a live event', () => c.events.some((f) => f.n === 50));
