@@ -521,7 +521,13 @@ describe('Go interop: bahamut, elemental and manipulate against pushwire', () =>
 
   it('a Go subscriber decodes what push.publish() puts on NATS, on <topic> and on <topic>.<identity>.<type>', async () => {
     const plain = start('subscriber', [`-nats=${nats!.url}`, '-subject=events', '-count=1']);
-    const tree = start('subscriber', [`-nats=${nats!.url}`, '-subject=tree.>', '-count=1']);
+    // The exact subject, not `tree.>`: a publication of an earlier test still in flight on
+    // another `tree.` subject (not a Task) would be the one message this subscriber reads.
+    const tree = start('subscriber', [
+      `-nats=${nats!.url}`,
+      '-subject=tree.task.delete',
+      '-count=1',
+    ]);
     await plain.line('ready');
     await tree.line('ready');
     await app!.push.publishWith(
