@@ -296,6 +296,20 @@ describe('SSE: the session phase and its refusals', () => {
     );
   });
 
+  it('a session phase past sessionTimeout is refused with 503, as a handshake is', async () => {
+    const stuck: Plugin = {
+      session: () => new Promise<void>(() => undefined),
+    };
+    await withPushApp({ plugins: [stuck], options: { sessionTimeout: 100 } }, async (app) => {
+      const stream = await openEventStream(app.wsUrl);
+      assert.equal(stream.status, 503);
+      const [error] = stream.body as Array<{ code: number; description: string }>;
+      assert.equal(error?.code, 503);
+      assert.match(error?.description ?? '', /timed out/);
+      assert.equal(app.push.stats().sessionsRefused[503], 1);
+    });
+  });
+
   it('a client that leaves during a slow session phase is counted as abandoned, not as a session', async () => {
     const entered = deferred<void>();
     const release = deferred<void>();
