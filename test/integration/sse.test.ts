@@ -191,6 +191,22 @@ describe('SSE: the stream', () => {
     );
   });
 
+  it('without history, a Last-Event-ID is ignored: no recovery event, live events as usual', async () => {
+    await withPushApp({}, async (app) =>
+      withStreams(app, async (open) => {
+        const stream = await open(app.wsUrl, { headers: { 'last-event-id': 'x:1' } });
+        await sessionsOpen(app, 1);
+        await publish(app, task(1));
+        await stream.waitForEvents(1);
+        assert.deepEqual(
+          stream.events.map((e) => e.type),
+          ['message'],
+        );
+        assert.equal(app.push.stats().recoveries, 0);
+      }),
+    );
+  });
+
   it('a plain GET that asks for neither still gets 426, naming both', async () => {
     await withPushApp({}, async (app) => {
       const response = await fetch(httpUrl(app.wsUrl));
