@@ -375,14 +375,13 @@ function readEntityEncoding(value: unknown): Encoding {
   throw new EventFormatError(`event.encoding ${JSON.stringify(value)} is not supported`);
 }
 
-/**
- * Decodes the MessagePack bytes of an event (section 3) without decoding
- * its entity. Throws {@link EventFormatError} when they are not an event.
- */
-export function decodeMsgpackEvent(bytes: Uint8Array): WireEvent {
+/** An event's map with its identity and type checked, from `decodeBytes`. Throws EventFormatError. */
+function readEventMap(
+  decodeBytes: () => unknown,
+): Record<string, unknown> & { identity: string; type: string } {
   let raw: unknown;
   try {
-    raw = decode(bytes);
+    raw = decodeBytes();
   } catch (error) {
     throw new EventFormatError(`the event does not decode: ${(error as Error).message}`);
   }
@@ -390,6 +389,15 @@ export function decodeMsgpackEvent(bytes: Uint8Array): WireEvent {
   if (typeof map.identity !== 'string')
     throw new EventFormatError('event.identity is not a string');
   if (typeof map.type !== 'string') throw new EventFormatError('event.type is not a string');
+  return map as Record<string, unknown> & { identity: string; type: string };
+}
+
+/**
+ * Decodes the MessagePack bytes of an event (section 3) without decoding
+ * its entity. Throws {@link EventFormatError} when they are not an event.
+ */
+export function decodeMsgpackEvent(bytes: Uint8Array): WireEvent {
+  const map = readEventMap(() => decode(bytes));
   const entityEncoding = readEntityEncoding(map.encoding);
   const timestamp = readTimestamp(map.timestamp);
   const entity = map.entity;
@@ -425,16 +433,7 @@ export function decodeMsgpackEvent(bytes: Uint8Array): WireEvent {
  * Throws {@link EventFormatError}.
  */
 export function decodeJsonEvent(bytes: Uint8Array): WireEvent {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(new TextDecoder().decode(bytes));
-  } catch (error) {
-    throw new EventFormatError(`the event does not decode: ${(error as Error).message}`);
-  }
-  const map = asRecord(raw, 'the event');
-  if (typeof map.identity !== 'string')
-    throw new EventFormatError('event.identity is not a string');
-  if (typeof map.type !== 'string') throw new EventFormatError('event.type is not a string');
+  const map = readEventMap(() => JSON.parse(new TextDecoder().decode(bytes)) as unknown);
   return new WireEvent({
     identity: map.identity,
     type: map.type,
