@@ -7,6 +7,7 @@ import { buildFrame, buildTextFrame } from './frame.js';
 import type { WireEvent } from './protocol/event.js';
 import { encode } from './protocol/msgpack.js';
 import { FRAME_FORMATS, FrameFormat } from './transport/contract.js';
+import { sseEvent } from './transport/sse.js';
 
 /** The bytes of `event` in `format`. Throws when its entity cannot be encoded that way. */
 export function frameEvent(event: WireEvent, format: FrameFormat): Buffer {
@@ -15,7 +16,20 @@ export function frameEvent(event: WireEvent, format: FrameFormat): Buffer {
       return buildFrame(event.toMsgpack(), true);
     case FrameFormat.WebSocketJson:
       return buildTextFrame(event.toJson());
+    case FrameFormat.SseJson:
+      // The position is also the SSE id, which EventSource sends back as Last-Event-ID.
+      return sseEvent(event.toJson(), event.position);
   }
+}
+
+/**
+ * The frame of an error event (docs/PROTOCOL.md section 6) in `format`: the
+ * same event as any other over WebSocket, a named `error` event over SSE.
+ */
+export function errorEventFrame(event: WireEvent, format: FrameFormat): Buffer {
+  return format === FrameFormat.SseJson
+    ? sseEvent(event.toJson(), undefined, 'error')
+    : frameEvent(event, format);
 }
 
 /** The frames of one event, built at most once per format. */
@@ -69,13 +83,23 @@ export class BatchFrames {
 
 /**
  * A control frame (a map that is not an event, such as the recovery frame
- * of docs/PROTOCOL.md) in `format`: JSON text, or MessagePack binary.
+ * of docs/PROTOCOL.md) in `format`: `{ [name]: body }` as JSON text or
+ * MessagePack binary over WebSocket; over SSE, the same JSON as an event
+ * of type `name` whose id is `id` (where an EventSource resumes from).
  */
-export function controlFrame(value: Record<string, unknown>, format: FrameFormat): Buffer {
+export function controlFrame(
+  name: string,
+  body: Record<string, unknown>,
+  format: FrameFormat,
+  id?: string,
+): Buffer {
+  const value = { [name]: body };
   switch (format) {
     case FrameFormat.WebSocketMsgpack:
       return buildFrame(encode(value), true);
     case FrameFormat.WebSocketJson:
       return buildTextFrame(JSON.stringify(value));
+    case FrameFormat.SseJson:
+      return sseEvent(JSON.stringify(value), id, name);
   }
 }

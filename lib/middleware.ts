@@ -273,6 +273,11 @@ function appOfServer(httpServer: Server): ExpressApp | undefined {
   return undefined;
 }
 
+/** True for a request that asks for an event stream (docs/PROTOCOL.md section 10). */
+function asksForEventStream(req: IncomingMessage): boolean {
+  return req.headers.accept?.toLowerCase().includes('text/event-stream') === true;
+}
+
 /** True for a request that asks for a WebSocket upgrade. */
 function asksForWebSocket(req: IncomingMessage): boolean {
   return req.headers.upgrade?.toLowerCase() === 'websocket';
@@ -313,6 +318,62 @@ export function pushMiddleware(
     return p === endpointLower || (endpointLower === '/' && p === '');
   };
 
+  /** The PushError a failed session phase is answered with (an unexpected throw is a 500, logged). */
+  const refusalOf = (error: unknown): PushError => {
+    if (error instanceof PushError) return error;
+    logger.error({ err: describeError(error) }, 'pushwire: session phase failed');
+    return new PushError('Internal error', 'PUSH_INTERNAL', 500);
+  };
+
+  /**
+   * Serves an event-stream request (docs/PROTOCOL.md section 10): the same session phase as an
+   * upgrade, answered with the same refusals before any stream byte, then the stream.
+   */
+  const serveEventStream = (req: IncomingMessage, res: ServerResponse): void => {
+    let settled = false;
+    let timer: NodeJS.Timeout | undefined;
+    const onClose = (): void => {
+      // Neither accepted nor refused yet: the client went away during the session phase.
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      server.recordAbandoned(req);
+    };
+    res.once('close', onClose);
+    const settle = (): boolean => {
+      if (settled) return false;
+      settled = true;
+      clearTimeout(timer);
+      res.off('close', onClose);
+      return true;
+    };
+    if (options.sessionTimeout > 0) {
+      timer = setTimeout(() => {
+        if (!settle()) return;
+        server.recordRefusal(503, req, new Error('timeout'));
+        writeRefusal(res, new PushError('Session initialization timed out', 'PUSH_TIMEOUT', 503));
+      }, options.sessionTimeout);
+      timer.unref();
+    }
+    server.openSession(req, 'sse').then(
+      (session) => {
+        if (!settle()) return;
+        try {
+          server.startEventStream(session, res);
+        } catch (error) {
+          logger.error({ err: describeError(error) }, 'pushwire: the event stream did not start');
+          res.socket?.destroy();
+        }
+      },
+      (error: unknown) => {
+        const refusal = refusalOf(error);
+        if (!settle()) return;
+        server.recordRefusal(refusal.status, req, error);
+        writeRefusal(res, refusal);
+      },
+    );
+  };
+
   const completeHandshake = (
     req: UpgradeRequest,
     res: ServerResponse,
@@ -336,13 +397,7 @@ export function pushMiddleware(
         });
       },
       (error: unknown) => {
-        const refusal =
-          error instanceof PushError
-            ? error
-            : new PushError('Internal error', 'PUSH_INTERNAL', 500);
-        if (!(error instanceof PushError)) {
-          logger.error({ err: describeError(error) }, 'pushwire: session phase failed');
-        }
+        const refusal = refusalOf(error);
         // Counted only if still pending: an attempt already answered 503 by the timeout, or whose
         // client left, was counted then; a late answer from a plugin must not count it twice.
         if (pending.settled) return;
@@ -384,6 +439,10 @@ export function pushMiddleware(
       return;
     }
     const pending = request[kUpgrade];
+    if (pending === undefined && !asksForWebSocket(req) && asksForEventStream(req)) {
+      serveEventStream(req, res);
+      return;
+    }
     if (pending === undefined && asksForWebSocket(req) && request.ws === undefined) {
       // An upgrade delivered as a plain request: the HTTP server had no 'upgrade' listener
       // (no expressWs(app, server)). This one cannot be upgraded any more (Node's HTTP parser
@@ -403,7 +462,7 @@ export function pushMiddleware(
     if (pending === undefined || pending.server !== server) {
       // A plain HTTP GET: tell the client what this endpoint expects.
       const error = new PushError(
-        'This endpoint serves WebSocket upgrades',
+        'This endpoint serves WebSocket upgrades, and event streams to a GET with Accept: text/event-stream',
         'PUSH_UPGRADE_REQUIRED',
         426,
       );

@@ -285,6 +285,7 @@ export class Recovery {
       { sessionId: session.id, recovered: report.recovered, position: report.position },
       'pushwire: recovery',
     );
-    this.#fanOut.write(session, controlFrame({ recovery: report }, session.format), undefined);
+    const frame = controlFrame('recovery', { ...report }, session.format, report.position);
+    this.#fanOut.write(session, frame, undefined);
   }
 }

@@ -5,7 +5,7 @@
  * it closes. The fan-out reads the set of sessions this module keeps.
  */
 import { randomUUID } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import type { SessionContext } from './chain.js';
@@ -18,26 +18,39 @@ import {
   TooManyRequestsError,
   UnsupportedMediaTypeError,
 } from './errors.js';
-import { EventFrames } from './event-frames.js';
+import { errorEventFrame, EventFrames } from './event-frames.js';
 import type { FanOut } from './fan-out.js';
 import type { Recovery } from './recovery.js';
 import { describeError } from './logger.js';
 import type { ResolvedOptions } from './options.js';
-import { negotiateEncodings, UnsupportedEncodingError } from './protocol/encoding.js';
+import {
+  encodingFromParameter,
+  JSON_MEDIA_TYPE,
+  negotiateEncodings,
+  UnsupportedEncodingError,
+  type SessionEncodings,
+} from './protocol/encoding.js';
 import { normalizeTimestamp, WireEvent, wireEventFrom, type PushEvent } from './protocol/event.js';
 import {
   decodePushConfigMessage,
   parsePushConfig,
   PushConfigError,
   SelectorPool,
+  type PushConfig,
   type PushConfigLimits,
 } from './protocol/push-config.js';
 import { renewSessionToken, ServerSession, type SessionHost } from './session.js';
 import { increment, type PushStats } from './stats.js';
-import type { SessionTransport } from './transport/contract.js';
+import type { SessionTransport, TransportName } from './transport/contract.js';
+import { sseBinder } from './transport/sse.js';
 import { webSocketBinder } from './transport/websocket.js';
 
 const NO_IDENTITIES: readonly string[] = [];
+/** What an SSE session reads and writes: JSON only (docs/PROTOCOL.md section 10). */
+const SSE_ENCODINGS: Readonly<SessionEncodings> = Object.freeze({
+  read: JSON_MEDIA_TYPE,
+  write: JSON_MEDIA_TYPE,
+});
 
 /** What the registry is built from. */
 export interface SessionRegistryInit {
@@ -81,6 +94,15 @@ export class SessionRegistry implements SessionHost {
       ),
   });
 
+  readonly #bindEventStream = sseBinder<ServerSession>({
+    close: (session, code, reason) => this.#onClose(session, code, reason),
+    error: (session, error) =>
+      this.#options.logger.debug(
+        { sessionId: session.id, err: describeError(error) },
+        'pushwire: session socket error',
+      ),
+  });
+
   constructor(init: SessionRegistryInit) {
     this.#options = init.options;
     this.#stats = init.stats;
@@ -116,11 +138,16 @@ export class SessionRegistry implements SessionHost {
   }
 
   /**
-   * Builds a session from an upgrade request and runs the session phase.
-   * Resolves to the accepted session; rejects with the PushError whose
-   * status the refusal must carry.
+   * Builds a session from an upgrade request (or, for `sse`, an event-stream
+   * request) and runs the session phase. Resolves to the accepted session;
+   * rejects with the PushError whose status the refusal must carry. An SSE
+   * session's push config, from its `config` parameter, is checked after the
+   * session plugins accepted it (InvalidPushConfigError: 400).
    */
-  async openSession(request: IncomingMessage): Promise<ServerSession> {
+  async openSession(
+    request: IncomingMessage,
+    transport: TransportName = 'websocket',
+  ): Promise<ServerSession> {
     if (this.closing) throw new ServiceUnavailableError('The push server is shutting down');
     const origin = request.headers.origin;
     if (
@@ -131,19 +158,8 @@ export class SessionRegistry implements SessionHost {
       throw new ForbiddenError(`Origin ${origin.slice(0, 200)} is not allowed`);
     }
     const query = new URL(request.url ?? '/', 'http://localhost').searchParams;
-    let encodings;
-    try {
-      encodings = negotiateEncodings(
-        request.headers['content-type'],
-        request.headers.accept,
-        query.get('encoding') ?? undefined,
-      );
-    } catch (error) {
-      if (error instanceof UnsupportedEncodingError) {
-        throw new UnsupportedMediaTypeError(error.message);
-      }
-      throw error;
-    }
+    const encodings =
+      transport === 'sse' ? sseEncodings(query) : webSocketEncodings(request, query);
     const ip = (request as { ip?: unknown }).ip;
     const session = new ServerSession({
       id: randomUUID(),
@@ -152,8 +168,16 @@ export class SessionRegistry implements SessionHost {
       clientIP: typeof ip === 'string' ? ip : (request.socket.remoteAddress ?? ''),
       encodings,
       host: this,
+      since: transport === 'sse' ? sseSince(request, query) : query.get('since'),
     });
-    if (this.#sessionChain === undefined) return session;
+    if (this.#sessionChain !== undefined) await this.#runSessionChain(session, request);
+    if (transport === 'sse') session.initialConfig = this.#sseConfig(query.get('config'));
+    return session;
+  }
+
+  /** Runs the `session` plugin chain; throws the refusal's PushError. */
+  async #runSessionChain(session: ServerSession, request: IncomingMessage): Promise<void> {
+    if (this.#sessionChain === undefined) return;
     const ctx: SessionContext = {
       session,
       request,
@@ -174,7 +198,47 @@ export class SessionRegistry implements SessionHost {
     }
     if (!ctx.accepted) throw new ForbiddenError();
     if (this.closing) throw new ServiceUnavailableError('The push server is shutting down');
-    return session;
+  }
+
+  /** The push config of an SSE request's `config` parameter; throws InvalidPushConfigError. */
+  #sseConfig(text: string | null): PushConfig | undefined {
+    if (text === null) return undefined;
+    try {
+      return parsePushConfig(
+        decodePushConfigMessage(Buffer.from(text, 'utf8'), JSON_MEDIA_TYPE),
+        this.#configLimits,
+      );
+    } catch (error) {
+      if (!(error instanceof PushConfigError)) throw error;
+      this.#stats.invalidConfigs++;
+      throw new InvalidPushConfigError(error.message, { data: error.data });
+    }
+  }
+
+  /**
+   * Starts an SSE session whose session phase accepted it: the stream's head
+   * goes out on `res`, its config (from the request) applies before anything
+   * is written, and a resume (Last-Event-ID, `since`) replays at once.
+   */
+  startEventStream(session: ServerSession, res: ServerResponse): void {
+    const socket = res.socket as Socket;
+    const transport = this.#bindEventStream(session, socket, res);
+    if (this.closing) {
+      transport.close(1001, 'server shutting down');
+      return;
+    }
+    const config = session.initialConfig;
+    session.initialConfig = undefined;
+    if (config !== undefined) {
+      session.config = this.#selectors.acquire(config);
+      if (session.mergeParameters(config.parameters)) {
+        renewSessionToken(session, this.#options.plugins, this.#options.logger);
+      }
+    }
+    const since = session.since;
+    // The config came with the request: nothing to wait for, the replay starts now.
+    this.#register(session, transport, false);
+    if (since !== undefined && this.#recovery !== undefined) this.#recovery.begin(session, since);
   }
 
   /** Registers a WebSocket session whose handshake completed. */
@@ -184,24 +248,34 @@ export class SessionRegistry implements SessionHost {
       transport.close(1001, 'server shutting down');
       return;
     }
-    this.#register(session, transport);
+    this.#register(session, transport, true);
   }
 
-  /** Counts and announces a session whose transport is up. */
-  #register(session: ServerSession, transport: SessionTransport): void {
+  /**
+   * Counts and announces a session whose transport is up. `holdForConfig`: a `since` in the URL
+   * holds live events until the first push config arrives (WebSocket), see Recovery#hold.
+   */
+  #register(session: ServerSession, transport: SessionTransport, holdForConfig: boolean): void {
     session.transport = transport;
     session.format = transport.format;
     session.open = true;
-    if (session.since !== undefined && this.#recovery !== undefined) {
+    if (holdForConfig && session.since !== undefined && this.#recovery !== undefined) {
       this.#recovery.hold(session, session.since);
     }
     this.#sessions.add(session);
     this.#stats.sessionsAccepted++;
-    // Kept per encoding here (and in #onClose) so that metrics never walk the sessions.
+    // Kept per encoding and transport here (and in #onClose) so that metrics never walk the sessions.
     const byEncoding = this.#stats.sessionsByEncoding;
     byEncoding[session.encodings.write] = (byEncoding[session.encodings.write] ?? 0) + 1;
+    const byTransport = this.#stats.sessionsByTransport;
+    byTransport[transport.name] = (byTransport[transport.name] ?? 0) + 1;
     this.#options.logger.debug(
-      { sessionId: session.id, clientIP: session.clientIP, encoding: session.encodings.write },
+      {
+        sessionId: session.id,
+        clientIP: session.clientIP,
+        encoding: session.encodings.write,
+        transport: transport.name,
+      },
       'pushwire: session started',
     );
     for (const plugin of this.#options.plugins) {
@@ -237,6 +311,8 @@ export class SessionRegistry implements SessionHost {
     increment(this.#stats.sessionsClosed, code);
     this.#stats.sessionsByEncoding[session.encodings.write] =
       (this.#stats.sessionsByEncoding[session.encodings.write] ?? 1) - 1;
+    const name = session.transportName;
+    this.#stats.sessionsByTransport[name] = (this.#stats.sessionsByTransport[name] ?? 1) - 1;
     this.#options.logger.debug(
       { sessionId: session.id, code, reason, dropped: session.dropped },
       'pushwire: session closed',
@@ -335,8 +411,7 @@ export class SessionRegistry implements SessionHost {
       entityEncoding: 'application/msgpack',
       entity: error.toErrorObject(),
     });
-    const frame = new EventFrames(event).for(session.format);
-    if (frame !== undefined) this.#fanOut.write(session, frame, undefined);
+    this.#fanOut.write(session, errorEventFrame(event, session.format), undefined);
   }
 
   /** Sends events to one session (PushSession#directPush). */
@@ -377,4 +452,52 @@ export class SessionRegistry implements SessionHost {
     }
     for (const session of this.#sessions) session.transport?.keepalive(!stalled);
   }
+}
+
+/** A WebSocket session's encodings, from its handshake; 415 for one pushwire does not speak. */
+function webSocketEncodings(request: IncomingMessage, query: URLSearchParams): SessionEncodings {
+  try {
+    return negotiateEncodings(
+      request.headers['content-type'],
+      request.headers.accept,
+      query.get('encoding') ?? undefined,
+    );
+  } catch (error) {
+    if (error instanceof UnsupportedEncodingError) {
+      throw new UnsupportedMediaTypeError(error.message);
+    }
+    throw error;
+  }
+}
+
+/** An SSE session's encodings: JSON; asking for MessagePack (or anything else) is a 415. */
+function sseEncodings(query: URLSearchParams): SessionEncodings {
+  const asked = query.get('encoding');
+  if (asked !== null) {
+    let encoding;
+    try {
+      encoding = encodingFromParameter(asked);
+    } catch (error) {
+      if (error instanceof UnsupportedEncodingError) {
+        throw new UnsupportedMediaTypeError(error.message);
+      }
+      throw error;
+    }
+    if (encoding !== JSON_MEDIA_TYPE) {
+      throw new UnsupportedMediaTypeError(
+        'MessagePack is not offered over Server-Sent Events: use a WebSocket, or encoding=json',
+      );
+    }
+  }
+  return SSE_ENCODINGS;
+}
+
+/**
+ * Where an SSE session resumes from: the Last-Event-ID header (what an EventSource sends when
+ * it reconnects, newer than its URL's), then `lastEventId`, then `since` (section 10).
+ */
+function sseSince(request: IncomingMessage, query: URLSearchParams): string | null {
+  const header = request.headers['last-event-id'];
+  if (typeof header === 'string' && header !== '') return header;
+  return query.get('lastEventId') || query.get('since');
 }

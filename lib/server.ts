@@ -7,7 +7,7 @@
  * middleware.ts binds it to Express and the upgrade; transport/ holds the
  * adapters sessions are written through.
  */
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import { compose, type PublishOptions } from './chain.js';
@@ -23,6 +23,7 @@ import { SessionRegistry } from './registry.js';
 import type { PushSession, ServerSession } from './session.js';
 import { DispatchListeners, newPushStats, type DispatchInfo, type PushStats } from './stats.js';
 import { TopicSubscription } from './subscription.js';
+import type { TransportName } from './transport/contract.js';
 import { withTimeout } from './timing.js';
 
 export type { DispatchInfo, PushStats } from './stats.js';
@@ -124,6 +125,7 @@ export class PushServer {
       ...this.#stats,
       sessionsOpen: this.#registry.sessions.size,
       sessionsByEncoding: { ...this.#stats.sessionsByEncoding },
+      sessionsByTransport: { ...this.#stats.sessionsByTransport },
       sessionsRefused: { ...this.#stats.sessionsRefused },
       sessionsClosed: { ...this.#stats.sessionsClosed },
     };
@@ -163,8 +165,16 @@ export class PushServer {
    * Resolves to the accepted session; rejects with the PushError whose
    * status the refusal must carry.
    */
-  openSession(request: IncomingMessage): Promise<ServerSession> {
-    return this.#registry.openSession(request);
+  openSession(
+    request: IncomingMessage,
+    transport: TransportName = 'websocket',
+  ): Promise<ServerSession> {
+    return this.#registry.openSession(request, transport);
+  }
+
+  /** Starts the event stream of an SSE session the session phase accepted (section 10). */
+  startEventStream(session: ServerSession, res: ServerResponse): void {
+    this.#registry.startEventStream(session, res);
   }
 
   /** Registers a WebSocket session whose handshake completed. */

@@ -10,7 +10,7 @@ import { describeError, type Logger } from './logger.js';
 import { MSGPACK_MEDIA_TYPE, type SessionEncodings } from './protocol/encoding.js';
 import type { PushEvent } from './protocol/event.js';
 import type { PushConfig } from './protocol/push-config.js';
-import { FrameFormat, type SessionTransport } from './transport/contract.js';
+import { FrameFormat, type SessionTransport, type TransportName } from './transport/contract.js';
 
 /** A session as plugins and the application see it. */
 export interface PushSession {
@@ -58,8 +58,10 @@ export interface PushSession {
   readonly signal: AbortSignal;
   /** The encodings it reads and writes. */
   readonly encodings: SessionEncodings;
-  /** True while the WebSocket is open. */
+  /** True while the session's connection is open. */
   readonly isOpen: boolean;
+  /** The transport the session runs over: a WebSocket, or Server-Sent Events (PROTOCOL.md section 10). */
+  readonly transportName: TransportName;
   /** Events dropped because the client read too slowly. */
   readonly droppedEvents: number;
   /**
@@ -151,6 +153,8 @@ export interface SessionInit {
   clientIP: string;
   encodings: SessionEncodings;
   host: SessionHost;
+  /** Where the session resumes from (docs/PROTOCOL.md sections 9 and 10), or null. */
+  since: string | null;
 }
 
 /** The server's side of a session. Not exported from the package: plugins see {@link PushSession}. */
@@ -219,6 +223,8 @@ export class ServerSession implements PushSession {
   asyncTail: Promise<void> | undefined;
   /** The connection events are written to; set once the handshake completed. */
   transport: SessionTransport | undefined;
+  /** An SSE session's config, from its request, between the session phase and its start. */
+  initialConfig: PushConfig | undefined;
   /**
    * The frame format of the transport, copied here at registration so that the fan-out's loop
    * reads a field of the session rather than calling through the transport per event.
@@ -243,12 +249,16 @@ export class ServerSession implements PushSession {
     this.clientIP = init.clientIP;
     this.encodings = init.encodings;
     this.binary = init.encodings.write === MSGPACK_MEDIA_TYPE;
-    this.since = init.query.get('since')?.slice(0, 200) ?? undefined;
+    this.since = init.since?.slice(0, 200) ?? undefined;
     this.#token = init.query.get('token') ?? '';
   }
 
   get token(): string {
     return this.#token;
+  }
+
+  get transportName(): TransportName {
+    return this.transport?.name ?? 'websocket';
   }
 
   get startTime(): Date {

@@ -16,6 +16,8 @@ export interface PushStats {
    * the sessions).
    */
   sessionsByEncoding: Record<string, number>;
+  /** Sessions open now, by transport (`websocket`, `sse`). */
+  sessionsByTransport: Record<string, number>;
   /** Sessions accepted (handshake completed). */
   sessionsAccepted: number;
   /** Connection attempts refused, by HTTP status. */
@@ -70,6 +72,7 @@ export function newPushStats(): PushStats {
   return {
     sessionsOpen: 0,
     sessionsByEncoding: {},
+    sessionsByTransport: {},
     sessionsAccepted: 0,
     sessionsRefused: {},
     sessionsAbandoned: 0,

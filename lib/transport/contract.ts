@@ -1,9 +1,8 @@
 /**
  * The session-transport interface: what the fan-out, the registry and
  * shutdown need from the connection under a session, and nothing more.
- * The WebSocket adapter (websocket.ts) is the only one today; a second
- * transport (Server-Sent Events) is a second adapter and touches no
- * dispatch code.
+ * Two adapters exist: WebSocket (websocket.ts) and Server-Sent Events
+ * (sse.ts); the dispatch code knows neither.
  *
  * Frames are built once per event and per {@link FrameFormat}, then written
  * as they are to every session whose transport writes that format: the
@@ -13,17 +12,23 @@
 
 /**
  * The byte formats a transport writes: a WebSocket text frame of the JSON
- * event, a WebSocket binary frame of the MessagePack event. Indexes into
+ * event, a WebSocket binary frame of the MessagePack event, an SSE event
+ * whose data is the JSON event (docs/PROTOCOL.md section 10). Indexes into
  * the frame cache of an event; a new transport adds its own.
  */
-export const FrameFormat = { WebSocketJson: 0, WebSocketMsgpack: 1 } as const;
+export const FrameFormat = { WebSocketJson: 0, WebSocketMsgpack: 1, SseJson: 2 } as const;
 /** One of {@link FrameFormat}. */
 export type FrameFormat = (typeof FrameFormat)[keyof typeof FrameFormat];
 /** How many frame formats exist (the size of a per-event frame cache). */
-export const FRAME_FORMATS = 2;
+export const FRAME_FORMATS = 3;
+
+/** The transports a session can run over, as `stats()` and `PushSession.transportName` name them. */
+export type TransportName = 'websocket' | 'sse';
 
 /** The connection of one session, as the server writes to it. */
 export interface SessionTransport {
+  /** Which transport this is. */
+  readonly name: TransportName;
   /** The frame format this transport writes. */
   readonly format: FrameFormat;
   /** True while frames can still be written (open, not closing). */

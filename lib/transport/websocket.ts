@@ -5,7 +5,7 @@
  */
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
-import { FrameFormat, type SessionTransport } from './contract.js';
+import { FrameFormat, type SessionTransport, type TransportName } from './contract.js';
 
 const WS_OPEN = 1;
 const WS_CLOSED = 3;
@@ -22,6 +22,9 @@ type BoundSocket<S> = WebSocket & { [kBinding]: Binding<S> };
 
 /** The connection of one WebSocket session. */
 export class WebSocketTransport implements SessionTransport {
+  get name(): TransportName {
+    return 'websocket';
+  }
   readonly format: FrameFormat;
   /** The ws object, for the close handshake and pings. */
   readonly ws: WebSocket;

@@ -64,6 +64,7 @@ function fakeSession(id = 'session-1', token = 'secret'): PushSession {
     signal: new AbortController().signal,
     encodings: { read: 'application/json', write: 'application/json' },
     isOpen: false,
+    transportName: 'websocket',
     droppedEvents: 0,
     directPush: () => undefined,
     close: () => undefined,
