@@ -126,6 +126,7 @@ app.get('/api/sessions', (_req, res) => {
     push.sessions().map((session) => ({
       id: session.id,
       encoding: session.encodings.write,
+      transport: session.transportName,
       startTime: session.startTime,
       pushConfig: session.pushConfig?.input ?? null,
     })),
