@@ -37,6 +37,7 @@ import {
   type ReceivedEvent,
 } from '../../client/node.js';
 import { createPushClient as createBrowserClient } from '../../client/index.js';
+import { sseParser } from '../../client/sse.js';
 import { freePort } from '../helpers/brokers.js';
 import { failOnUnhandledRejections } from '../helpers/guard.js';
 import { startPushApp, type PushApp } from '../helpers/push-app.js';
@@ -199,6 +200,41 @@ async function proxy(target: string, upgrades: 'drop' | 'strip'): Promise<string
   });
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 }
+
+describe('the event-stream parser (WHATWG server-sent events)', () => {
+  /** Feeds `chunks` to a parser and returns what it dispatched, as `type|data`. */
+  function parse(...chunks: string[]): string[] {
+    const out: string[] = [];
+    const feed = sseParser((type, data) => out.push(`${type}|${data}`));
+    for (const chunk of chunks) feed(chunk);
+    return out;
+  }
+
+  it('joins data lines with \n, takes the event type, skips comments and ids', () => {
+    assert.deepEqual(parse(':\n\nid: 1\ndata: {"a":\ndata:1}\n\nevent: close\ndata: x\n\n'), [
+      'message|{"a":\n1}',
+      'close|x',
+    ]);
+  });
+
+  it('ends lines at CRLF, LF or CR, a CRLF split across chunks included', () => {
+    assert.deepEqual(parse('data: a\r', '\n\r', '\ndata: b\r\r', 'data: c\n', '\n'), [
+      'message|a',
+      'message|b',
+      'message|c',
+    ]);
+  });
+
+  it('keeps a field cut across chunks, and strips only one leading space', () => {
+    assert.deepEqual(parse('da', 'ta:  two', ' spaces\n', '\n'), ['message| two spaces']);
+  });
+
+  it('does not dispatch an event without data, nor one not yet ended by a blank line', () => {
+    assert.deepEqual(parse('event: recovery\n\n', 'data: pending\n'), []);
+    // A field without a colon is the field with an empty value: `data` alone is an empty line.
+    assert.deepEqual(parse('data\n\n'), ['message|']);
+  });
+});
 
 describe('events over SSE', () => {
   it('decodes events, with their position when the server keeps history', async () => {
