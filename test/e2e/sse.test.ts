@@ -17,6 +17,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import type { Server } from 'node:http';
+import type { Socket } from 'node:net';
 import { mkdir, mkdtemp, rm, access } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -65,8 +66,12 @@ class SseServer {
   #server: Server | undefined;
   #bundle: Awaited<ReturnType<typeof bundleClient>> | undefined;
 
-  constructor(port: number) {
+  /** Destroy every upgrade request's connection, as a proxy that cannot carry WebSockets does. */
+  readonly #dropUpgrades: boolean;
+
+  constructor(port: number, options: { dropUpgrades?: boolean } = {}) {
     this.port = port;
+    this.#dropUpgrades = options.dropUpgrades ?? false;
     this.url = `http://127.0.0.1:${port}`;
   }
 
@@ -100,6 +105,10 @@ class SseServer {
     this.push = push;
     const server = app.listen(this.port, '127.0.0.1') as Server;
     await once(server, 'listening');
+    if (this.#dropUpgrades) {
+      server.removeAllListeners('upgrade');
+      server.on('upgrade', (_req, socket: Socket) => socket.destroy());
+    }
     this.#server = server;
   }
 
@@ -371,5 +380,42 @@ describe('Server-Sent Events in Chromium', () => {
     await page.screenshot({ path: join(RESULTS, 'sse-3-client.png') });
     assertConsole(errors, [/^Failed to load resource: net::ERR_CONNECTION_REFUSED$/]);
     await page.close();
+  });
+
+  it("pushwire/client's transport 'auto': a WebSocket that cannot open, then SSE, kept", async () => {
+    const blocked = new SseServer(await freePort(), { dropUpgrades: true });
+    await blocked.start();
+    try {
+      const { page, errors } = await openPage(context, blocked.url);
+      await page.evaluate(async () => {
+        const seen: string[] = [];
+        (window as unknown as { seen: string[] }).seen = seen;
+        const bundle = '/pushwire-client.min.js';
+        const { createPushClient } = (await import(
+          bundle
+        )) as typeof import('../../client/index.js');
+        const client = createPushClient('/api/events', { transport: 'auto', minDelay: 100 });
+        client.setConfig({ identities: { task: [] } });
+        client.on('open', (open) => seen.push(`open:${open.transport}`));
+        client.on('close', (close) => seen.push(`close:${close.code}:${String(close.opened)}`));
+        client.on('event', (event) => seen.push(`event:${(event.entity as { ID: string }).ID}`));
+      });
+      await pageSaw(page, 'open:sse');
+      await waitFor(() => blocked.push?.sessions()[0]?.transportName === 'sse', {
+        timeout: UI_MS,
+        message: 'no SSE session on the server',
+      });
+      await blocked.push?.publish(task('auto'));
+      const seen = await pageSaw(page, 'event:auto');
+      assert.deepEqual(seen, ['close:1006:false', 'open:sse', 'event:auto']);
+      // The one WebSocket attempt, which the browser logs; nothing else.
+      assertConsole(errors, [
+        /^WebSocket connection to 'ws:\/\/127\.0\.0\.1:\d+\/api\/events\?[^']*' failed: /,
+      ]);
+      assert.equal(errors.length, 1, 'one WebSocket attempt');
+      await page.close();
+    } finally {
+      await blocked.stop();
+    }
   });
 });
