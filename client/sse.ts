@@ -101,7 +101,9 @@ export function openEventStream(
       headers: { Accept: 'text/event-stream', ...headers },
       signal: abort.signal,
       cache: 'no-store',
-      credentials: 'include',
+      // Credentials stay fetch's default, same-origin (EventSource's too): 'include' would make
+      // every stream to another origin fail under a CORS policy of `*`, a silent reconnect loop,
+      // where without cookies a server that needs them answers a 401 the client reports.
     });
     if (response.status !== 200) return refused(response.status, await response.text());
     // A 200 that is not a stream (a page a proxy or a catch-all route served) is a failure.
