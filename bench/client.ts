@@ -24,6 +24,9 @@ import {
 
 const MARK_BYTES = Buffer.from(MARK);
 const HEADER_END = Buffer.from('\r\n\r\n');
+/** The blank line that ends an SSE event (pushwire writes `\n` line ends). */
+const SSE_EVENT_END = Buffer.from('\n\n');
+const COLON = 0x3a;
 const CONNECT_TIMEOUT_MS = 15_000;
 
 /** Events received by this child's reading sessions (slow ones never read, so never count). */
@@ -96,6 +99,15 @@ class Session {
       .map(([k, v]) => `${k}: ${v}\r\n`)
       .join('');
     socket.on('connect', () => {
+      if (protocol === 'sse') {
+        // The config of an event stream is in its URL (docs/PROTOCOL.md section 10).
+        const query = config === undefined ? '' : `?config=${encodeURIComponent(config)}`;
+        socket.write(
+          `GET ${path}${query} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n` +
+            `Accept: text/event-stream\r\n${extra}\r\n`,
+        );
+        return;
+      }
       socket.write(
         `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\n` +
           'Connection: Upgrade\r\nSec-WebSocket-Key: cHVzaHdpcmUtYmVuY2gtMQ==\r\n' +
@@ -134,7 +146,7 @@ class Session {
         return;
       }
       const status = buf.toString('latin1', 0, Math.min(end, 200)).split(' ')[1];
-      if (status !== '101') {
+      if (status !== (this.protocol === 'sse' ? '200' : '101')) {
         this.#settle(
           new Error(`handshake refused: ${buf.toString('latin1', 0, Math.min(end, 200))}`),
         );
@@ -143,6 +155,7 @@ class Session {
       }
       this.#handshaking = false;
       offset = end + 4;
+      if (this.protocol === 'sse') this.#settle();
       if (this.protocol === 'push') {
         if (this.config !== undefined)
           this.socket.write(clientFrame(0x1, Buffer.from(this.config)));
@@ -154,6 +167,10 @@ class Session {
     }
     // Every frame of one read arrived at the same time: one clock read for all of them.
     const receivedUs = latencyOn ? nowUs() : 0;
+    if (this.protocol === 'sse') {
+      this.#onStream(buf, receivedUs);
+      return;
+    }
     const length = buf.length;
     while (length - offset >= 2) {
       const b0 = buf[offset] as number;
@@ -185,6 +202,20 @@ class Session {
       offset = end;
     }
     if (offset < length) this.#rest = buf.subarray(offset);
+  }
+
+  /** SSE events end at a blank line; one that starts with `:` is a keepalive comment. */
+  #onStream(buf: Buffer, receivedUs: number): void {
+    let offset = 0;
+    let end: number;
+    while ((end = buf.indexOf(SSE_EVENT_END, offset)) !== -1) {
+      if (buf[offset] !== COLON) {
+        events++;
+        if (latencyOn) recordLatency(buf, offset, end, receivedUs);
+      }
+      offset = end + 2;
+    }
+    if (offset < buf.length) this.#rest = buf.subarray(offset);
   }
 
   /** engine.io packet types: 0 open, 2 ping, 4 message; socket.io: 40 connect, 42 event. */

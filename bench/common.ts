@@ -5,10 +5,15 @@
  * latency histogram.
  */
 
-/** The servers under test. */
+/** The servers under test in every phase (the default of `--modes`). */
 export const MODES = ['pushwire-json', 'pushwire-msgpack', 'socketio', 'raw'] as const;
+/**
+ * Every mode: the default ones, and pushwire's Server-Sent Events (the same pushwire server as
+ * JSON, read as event streams), which only the sse phase runs, against pushwire JSON.
+ */
+export const ALL_MODES = [...MODES, 'pushwire-sse'] as const;
 /** One server under test. */
-export type Mode = (typeof MODES)[number];
+export type Mode = (typeof ALL_MODES)[number];
 
 /** Human names of the modes, for tables and the chart. */
 export const MODE_LABELS: Record<Mode, string> = {
@@ -16,6 +21,7 @@ export const MODE_LABELS: Record<Mode, string> = {
   'pushwire-msgpack': 'pushwire MessagePack',
   socketio: 'socket.io 4',
   raw: 'raw ws loop',
+  'pushwire-sse': 'pushwire SSE',
 };
 
 /**
@@ -35,8 +41,8 @@ export const VARIANTS = [
 /** One per-session work variant. */
 export type Variant = (typeof VARIANTS)[number];
 
-/** What a client speaks once the WebSocket is open. */
-export type ClientProtocol = 'push' | 'socketio';
+/** What a client speaks: pushwire or socket.io over a WebSocket, or an SSE stream (GET). */
+export type ClientProtocol = 'push' | 'socketio' | 'sse';
 
 /** Everything a server child needs, passed as JSON in its first argument. */
 export interface ServerSpec {

@@ -108,7 +108,8 @@ export class Bench {
 
   /** Connects `setup.sessions` sessions spread over the client children; returns how many opened. */
   async connect(setup: Setup, server: ServerChild, port: number, path: string): Promise<number> {
-    const protocol: ClientProtocol = setup.mode === 'socketio' ? 'socketio' : 'push';
+    const protocol: ClientProtocol =
+      setup.mode === 'socketio' ? 'socketio' : setup.mode === 'pushwire-sse' ? 'sse' : 'push';
     const headers: Record<string, string> =
       setup.mode === 'pushwire-msgpack' ? { Accept: 'application/msgpack' } : {};
     const config =

@@ -5,7 +5,7 @@
  */
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { MODES, type Mode } from './common.js';
+import { ALL_MODES, MODES, type Mode } from './common.js';
 
 /** What `--help` prints. */
 export const USAGE = `Usage: tsx bench/run.ts [flags]
@@ -21,8 +21,9 @@ export const USAGE = `Usage: tsx bench/run.ts [flags]
   --batch N             events per burst (per event-loop turn) at maximum load (default 10)
   --high-water BYTES    a session is backlogged past this many bytes waiting (default 65536)
   --modes LIST          modes to run (default ${MODES.join(',')})
-  --phases LIST         throughput,latency,work,slow,history (default all)
+  --phases LIST         throughput,latency,work,slow,history,sse (default all)
   --work-sessions N     sessions of the per-session work, slow and history runs (default: first of --sessions)
+  --sse-sessions N      sessions of the sse phase, each transport (default 1000; --smoke: 50)
   --replay-events N     events replayed to one resuming session in the history phase (default 10000)
   --profile             run servers with --cpu-prof, profiles in bench/results/profiles/
   --out DIR             where to write results (default bench/results; --smoke: bench/results/smoke)
@@ -30,7 +31,7 @@ export const USAGE = `Usage: tsx bench/run.ts [flags]
   --help`;
 
 /** The phases of a run, in the order they run. */
-export const PHASES = ['throughput', 'latency', 'work', 'slow', 'history'] as const;
+export const PHASES = ['throughput', 'latency', 'work', 'slow', 'history', 'sse'] as const;
 /** One phase of a run (`--phases`). */
 export type Phase = (typeof PHASES)[number];
 
@@ -49,6 +50,8 @@ export interface Options {
   modes: Mode[];
   phases: Phase[];
   workSessions: number;
+  /** Sessions of the sse phase (SSE against WebSocket). */
+  sseSessions: number;
   /** Events replayed to the resuming session of the history phase. */
   replayEvents: number;
   profile: boolean;
@@ -93,6 +96,7 @@ export function parseOptions(argv: string[]): Options {
       phases: { type: 'string' },
       'work-sessions': { type: 'string' },
       'replay-events': { type: 'string' },
+      'sse-sessions': { type: 'string' },
       profile: { type: 'boolean', default: false },
       out: { type: 'string' },
       render: { type: 'string' },
@@ -111,7 +115,7 @@ export function parseOptions(argv: string[]): Options {
       ? [50]
       : [1000, 5000];
   const modes = (values.modes ? list(values.modes) : [...MODES]) as Mode[];
-  for (const m of modes) if (!MODES.includes(m)) throw new Error(`unknown mode ${m}`);
+  for (const m of modes) if (!ALL_MODES.includes(m)) throw new Error(`unknown mode ${m}`);
   const phases = (values.phases ? list(values.phases) : [...PHASES]) as Phase[];
   for (const p of phases) if (!PHASES.includes(p)) throw new Error(`unknown phase ${p}`);
   return {
@@ -129,6 +133,9 @@ export function parseOptions(argv: string[]): Options {
     phases,
     workSessions: Math.round(
       positive('work-sessions', values['work-sessions'], sessions[0] ?? 1000),
+    ),
+    sseSessions: Math.round(
+      positive('sse-sessions', values['sse-sessions'], smoke ? (sessions[0] ?? 50) : 1000),
     ),
     replayEvents: Math.round(positive('replay-events', values['replay-events'], 10_000)),
     profile: values.profile === true,

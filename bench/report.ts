@@ -103,6 +103,31 @@ export interface SlowFigures {
   rssSeries: Array<[number, number]>;
 }
 
+/** One transport's figures in the sse phase. */
+export interface TransportFigures {
+  deliveriesPerSec: Summary;
+  cpuUsPerDelivery: Summary;
+  memoryPerSessionKiB: Summary;
+  heapPerSessionKiB: Summary;
+}
+
+/** Server-Sent Events against WebSocket JSON on the same pushwire server (issue 16). */
+export interface SseFigures {
+  sessions: number;
+  websocket: TransportFigures;
+  sse: TransportFigures;
+  /** Median delivered rate, SSE over WebSocket. */
+  rateRatio: number;
+  /** Median server CPU per delivery, SSE over WebSocket. */
+  cpuRatio: number;
+  /** Median idle RSS per session, SSE over WebSocket. */
+  memoryRatio: number;
+  /** Delivered rate SSE over WebSocket within each repetition (measured back to back). */
+  pairRateRatios: Summary;
+  /** Server CPU per delivery SSE over WebSocket within each repetition. */
+  pairCpuRatios: Summary;
+}
+
 /** The cost of history (issue 14), pushwire JSON on LocalPubSub. */
 export interface HistoryFigures {
   /** Sessions of the fan-out with history on and off. */
@@ -175,6 +200,8 @@ export interface BenchResults {
     modes: Partial<Record<Mode, SlowFigures>>;
   };
   history?: HistoryFigures;
+  /** The sse phase's figures, when it ran. */
+  sse?: SseFigures;
   targets: TargetCheck[];
   failures: string[];
 }
@@ -382,6 +409,45 @@ export function historyRows(results: BenchResults): { header: Row; rows: Row[] }
   return { header, rows };
 }
 
+/** The SSE-against-WebSocket table. */
+export function sseRows(results: BenchResults): { header: Row; rows: Row[] } | undefined {
+  const f = results.sse;
+  if (f === undefined) return undefined;
+  const header: Row = [
+    `pushwire, ${f.sessions} sessions, JSON`,
+    'WebSocket',
+    'Server-Sent Events',
+    'SSE / WebSocket',
+  ];
+  const rows: Row[] = [
+    [
+      'delivered events/s',
+      formatSummary(f.websocket.deliveriesPerSec, formatCount),
+      formatSummary(f.sse.deliveriesPerSec, formatCount),
+      `${f.rateRatio.toFixed(2)}×${pairRange(f.pairRateRatios)}`,
+    ],
+    [
+      'server CPU µs/delivery',
+      formatSummary(f.websocket.cpuUsPerDelivery, fixed(3)),
+      formatSummary(f.sse.cpuUsPerDelivery, fixed(3)),
+      `${f.cpuRatio.toFixed(2)}×${pairRange(f.pairCpuRatios)}`,
+    ],
+    [
+      'idle RSS per session (KiB)',
+      formatSummary(f.websocket.memoryPerSessionKiB, fixed(1)),
+      formatSummary(f.sse.memoryPerSessionKiB, fixed(1)),
+      `${f.memoryRatio.toFixed(2)}×`,
+    ],
+    [
+      'idle heap per session (KiB)',
+      formatSummary(f.websocket.heapPerSessionKiB, fixed(1)),
+      formatSummary(f.sse.heapPerSessionKiB, fixed(1)),
+      '',
+    ],
+  ];
+  return { header, rows };
+}
+
 /** The targets table. */
 export function targetRows(results: BenchResults): { header: Row; rows: Row[] } {
   return {
@@ -431,6 +497,8 @@ export function markdownReport(results: BenchResults, command: string): string {
   if (work !== undefined) parts.push('', markdownTable(work));
   const history = historyRows(results);
   if (history !== undefined) parts.push('', markdownTable(history));
+  const sse = sseRows(results);
+  if (sse !== undefined) parts.push('', markdownTable(sse));
   parts.push(
     '',
     markdownTable(targetRows(results)),
@@ -447,6 +515,7 @@ export function markdownReport(results: BenchResults, command: string): string {
 const COLORS: Record<Mode, string> = {
   'pushwire-json': '#2563eb',
   'pushwire-msgpack': '#0891b2',
+  'pushwire-sse': '#7c3aed',
   socketio: '#dc2626',
   raw: '#6b7280',
 };

@@ -30,6 +30,7 @@ import { parseOptions } from './options.js';
 import { historyPhase } from './phases/history.js';
 import { latencyPhase } from './phases/latency.js';
 import { slowPhase } from './phases/slow.js';
+import { ssePhase } from './phases/sse.js';
 import { throughputPhase } from './phases/throughput.js';
 import { workPhase } from './phases/work.js';
 import {
@@ -38,6 +39,7 @@ import {
   historyRows,
   mainRows,
   markdownReport,
+  sseRows,
   targetRows,
   textTable,
   workRows,
@@ -53,6 +55,8 @@ function writeOutputs(results: BenchResults, out: string, command: string): void
   if (work !== undefined) console.log('\n' + textTable(work));
   const history = historyRows(results);
   if (history !== undefined) console.log('\n' + textTable(history));
+  const sse = sseRows(results);
+  if (sse !== undefined) console.log('\n' + textTable(sse));
   console.log('\n' + textTable(targetRows(results)));
   console.log(`\n${environmentLine(results)}; ${results.durationSeconds} s`);
   mkdirSync(out, { recursive: true });
@@ -118,6 +122,7 @@ async function main(): Promise<void> {
     }
     if (options.phases.includes('slow')) await slowPhase(bench, results);
     if (options.phases.includes('history')) await historyPhase(bench, results);
+    if (options.phases.includes('sse')) await ssePhase(bench, results);
   } finally {
     await stopAll();
   }

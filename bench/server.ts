@@ -66,6 +66,13 @@ function trackUpgrades(server: Server): Set<Socket> {
     sockets.add(s);
     s.once('close', () => sockets.delete(s));
   });
+  // And an event-stream request's socket is the stream's (pushwire-sse).
+  server.on('request', (req: IncomingMessage) => {
+    if (req.headers.accept !== 'text/event-stream') return;
+    const s = req.socket;
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
+  });
   return sockets;
 }
 

@@ -8,6 +8,7 @@ export type { PushMiddleware, ExpressWsInstance } from './middleware.js';
 export type { PushOptions, SlowConsumerPolicy } from './options.js';
 export type { PushStats, DispatchInfo } from './server.js';
 export type { PushSession } from './session.js';
+export type { TransportName } from './transport/contract.js';
 export type { Logger } from './logger.js';
 
 export { compose } from './chain.js';

@@ -177,9 +177,23 @@ export function registerMetrics(push: PushMiddleware, options: MetricsOptions): 
       },
     });
     names.push(`${prefix}sessions_open`);
+    new Gauge({
+      name: `${prefix}sessions_open_by_transport`,
+      help: 'Sessions open now, by transport: WebSocket or Server-Sent Events.',
+      labelNames: ['transport'],
+      registers,
+      collect() {
+        this.set({ transport: 'websocket' }, 0);
+        this.set({ transport: 'sse' }, 0);
+        for (const [transport, count] of Object.entries(push.stats().sessionsByTransport)) {
+          this.set({ transport }, count);
+        }
+      },
+    });
+    names.push(`${prefix}sessions_open_by_transport`);
     statCounter(
       'sessions_accepted',
-      'Sessions accepted (WebSocket handshake completed).',
+      'Sessions accepted (WebSocket handshake completed, or event stream started).',
       (s) => s.sessionsAccepted,
     );
     mapCounter(

@@ -53,6 +53,7 @@ class FlakyPubSub extends LocalPubSub {
 
 const EXPECTED_NAMES = [
   'pushwire_sessions_open',
+  'pushwire_sessions_open_by_transport',
   'pushwire_sessions_accepted_total',
   'pushwire_sessions_refused_total',
   'pushwire_sessions_abandoned_total',
@@ -102,7 +103,10 @@ describe('metrics plugin', () => {
       if (String(metric.type) === 'counter') assert.match(metric.name, /_total$/);
       for (const value of metric.values) {
         for (const label of Object.keys(value.labels)) {
-          assert.ok(['encoding', 'status', 'code', 'state', 'le'].includes(label), label);
+          assert.ok(
+            ['encoding', 'transport', 'status', 'code', 'state', 'le'].includes(label),
+            label,
+          );
         }
       }
     }
@@ -127,6 +131,14 @@ describe('metrics plugin', () => {
       1,
     );
     assert.equal(await sample(registry, 'pushwire_sessions_accepted_total'), 3);
+    assert.equal(
+      await sample(registry, 'pushwire_sessions_open_by_transport', { transport: 'websocket' }),
+      3,
+    );
+    assert.equal(
+      await sample(registry, 'pushwire_sessions_open_by_transport', { transport: 'sse' }),
+      0,
+    );
     assert.equal(await sample(registry, 'pushwire_sessions_refused_total', { status: '401' }), 1);
 
     picky.sendConfig({ identities: { user: [] } });
