@@ -779,10 +779,12 @@ class Client implements PushClient {
 
 /**
  * Creates a client and starts connecting to a push endpoint
- * (`wss://host/api/events`; http(s) URLs are converted, relative URLs
- * resolve against the page). Throws TypeError for a URL that is not one, an
- * unknown encoding, or when there is no WebSocket class. `transport` is how
- * a platform entry point (pushwire/client/node) adds what it knows.
+ * (`wss://host/api/events`; http(s) URLs are converted to what each
+ * transport needs, relative URLs resolve against the page). Throws TypeError
+ * for a URL that is not one, an unknown encoding or transport, MessagePack
+ * over SSE, or when there is no WebSocket class (and `options.transport` is
+ * not `sse`). `transport` is how a platform entry point
+ * (pushwire/client/node) adds what it knows.
  */
 export function createClient(
   url: string | URL,
