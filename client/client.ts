@@ -71,14 +71,20 @@ export interface OpenInfo {
   transport: 'websocket' | 'sse';
 }
 
-/** Payload of `close`: one WebSocket ended. */
+/** Payload of `close`: one WebSocket or SSE stream ended. */
 export interface CloseInfo {
-  /** The close code (1006 when the connection failed or dropped without a close frame). */
+  /**
+   * The close code (1006 when the connection failed or dropped without a close frame); over
+   * SSE, the code of the server's `event: close`, 1000 when setConfig() replaced the stream.
+   */
   code: number;
   reason: string;
   /** False when the socket never opened: a network failure or a refused handshake. */
   opened: boolean;
-  /** True when the client will try again after a delay (a `reconnecting` follows). */
+  /**
+   * True when the client will try again: after a delay (a `reconnecting` follows), or at once
+   * when setConfig() replaced an SSE stream or `auto` falls back to SSE.
+   */
   willReconnect: boolean;
 }
 
@@ -100,9 +106,9 @@ export interface PushClientEventMap {
    * (a message skipped), or what a `token` function threw.
    */
   error: Error;
-  /** A WebSocket opened; the push config, if any, has just been sent. */
+  /** A WebSocket opened (the push config, if any, has just been sent), or an SSE stream did. */
   open: OpenInfo;
-  /** A WebSocket ended (or failed to open). */
+  /** A WebSocket or SSE stream ended (or failed to open). */
   close: CloseInfo;
   /** A retry is scheduled. */
   reconnecting: ReconnectInfo;
