@@ -210,7 +210,10 @@ export interface PushClient extends AsyncIterable<ReceivedEvent> {
    * (stopped by close(), or by a drop with `reconnect: false`).
    */
   readonly state: PushClientState;
-  /** The transport of the current (or last) attempt: `websocket`, or `sse`. */
+  /**
+   * `websocket` or `sse`: the transport of the open socket or stream, else of the next attempt
+   * (in a `close` listener, `auto` has already chosen the next one).
+   */
   readonly transport: 'websocket' | 'sse';
   /**
    * The position of the last event received, when the server keeps history

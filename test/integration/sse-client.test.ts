@@ -35,6 +35,7 @@ import {
   type PushClientEventMap,
   type PushClientOptions,
   type ReceivedEvent,
+  type Scheduler,
 } from '../../client/node.js';
 import { createPushClient as createBrowserClient } from '../../client/index.js';
 import { sseParser } from '../../client/sse.js';
@@ -506,6 +507,30 @@ describe("transport 'auto'", () => {
       await serverHas(server.push, 'sse', config);
     });
   }
+
+  it('a server down: WebSocket, then SSE, fail; the next attempt starts with WebSocket again', async () => {
+    // Timers run when the test says, so that the server comes up between two attempts.
+    const timers: Array<() => void> = [];
+    const scheduler: Scheduler = {
+      now: () => Date.now(),
+      setTimeout: (callback) => timers.push(callback),
+      clearTimeout: () => undefined,
+    };
+    const port = await freePort();
+    const c = client(`http://127.0.0.1:${port}/api/events`, { transport: 'auto', scheduler });
+    const closes: string[] = [];
+    c.on('close', (info) => closes.push(`${c.transport}:${info.code}:${String(info.opened)}`));
+    await next(c, 'reconnecting');
+    // The WebSocket failed and was followed at once by a stream, which failed too; `transport`
+    // already names the next attempt's when `close` is emitted.
+    assert.deepEqual(closes, ['sse:1006:false', 'websocket:1006:false']);
+    assert.equal(c.transport, 'websocket', 'the next attempt is a WebSocket');
+    const up = await serverOn(port, new LocalPubSub());
+    const open = next(c, 'open');
+    timers.shift()?.();
+    assert.equal((await open).transport, 'websocket');
+    await serverHas(up.push, 'websocket', null);
+  });
 
   it('a refusal the WebSocket could see is a refusal, not a reason to fall back', async () => {
     const server = await app({ plugins: [authPlugin(() => 'ko')] });
