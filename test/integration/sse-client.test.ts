@@ -472,6 +472,35 @@ describe('reconnecting over SSE', () => {
   });
 });
 
+describe('the close a server sends in the stream', () => {
+  it('1008 by policy reaches the client as the close code; it reconnects, calling the token function again', async () => {
+    const tokens: string[] = [];
+    const server = await app({
+      plugins: [
+        authPlugin((session) => {
+          tokens.push(session.token);
+          return 'ok';
+        }),
+      ],
+    });
+    let issued = 0;
+    const c = client(server.wsUrl, { token: () => `t${++issued}`, minDelay: 10, maxDelay: 50 });
+    await next(c, 'open');
+    await serverHas(server.push, 'sse', null);
+    const closed = next(c, 'close');
+    const reopened = next(c, 'open');
+    server.push.sessions()[0]?.close(1008, 'slow consumer');
+    assert.deepEqual(await closed, {
+      code: 1008,
+      reason: 'slow consumer',
+      opened: true,
+      willReconnect: true,
+    });
+    await reopened;
+    assert.deepEqual(tokens, ['t1', 't2']);
+  });
+});
+
 describe("transport 'auto'", () => {
   it('stays on the WebSocket when one opens', async () => {
     const server = await app();
