@@ -90,9 +90,11 @@ export function openEventStream(
     if (abort.signal.aborted) return;
     if (type !== 'close') return handlers.onmessage({ data });
     try {
-      ({ code, reason } = JSON.parse(data) as { code: number; reason: string });
+      const close = JSON.parse(data) as { code?: unknown; reason?: string };
+      if (typeof close.code === 'number')
+        ({ code, reason = '' } = close as { code: number; reason?: string });
     } catch {
-      // A close frame that does not parse still closes the stream (1006).
+      // A close frame that does not parse, or has no code, still closes the stream (1006).
     }
     abort.abort();
   });
