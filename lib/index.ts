@@ -49,7 +49,13 @@ export type { ErrorObject, PushErrorOptions } from './errors.js';
 export { LocalPubSub } from './pubsub/local.js';
 export type { LocalHistory, LocalPubSubOptions } from './pubsub/local.js';
 export { subjectMatches } from './pubsub/contract.js';
-export type { PubSubClient, PubSubHandler, PubSubStatus, Unsubscribe } from './pubsub/contract.js';
+export type {
+  PubSubClient,
+  PubSubHandler,
+  PubSubStatus,
+  PublishAttempt,
+  Unsubscribe,
+} from './pubsub/contract.js';
 export type {
   HistoryEntry,
   HistoryHandler,

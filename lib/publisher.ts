@@ -3,6 +3,7 @@
  * 3 and 8), run through the `publish` plugin chain, and handed to the
  * backend with retries (`publishRetries`, exponential delay).
  */
+import { randomUUID } from 'node:crypto';
 import type { PublishContext, PublishOptions } from './chain.js';
 import {
   InvalidEventError,
@@ -141,9 +142,12 @@ export class Publisher {
 
   async #send(subject: string, bytes: Uint8Array): Promise<void> {
     const retries = this.#options.publishRetries;
+    // One id for every attempt: a history that stored an attempt whose answer was lost (a
+    // JetStream PubAck that timed out) drops the retry as a duplicate instead of storing it twice.
+    const attempt0 = this.#pubsub.history === undefined ? undefined : { id: randomUUID() };
     for (let attempt = 0; ; attempt++) {
       try {
-        await this.#pubsub.publish(subject, bytes);
+        await this.#pubsub.publish(subject, bytes, attempt0);
         this.#stats.published++;
         return;
       } catch (error) {

@@ -39,13 +39,24 @@
  * A new backend is one module implementing this interface that passes the
  * shared backend test suite (`test/integration/backends.test.ts`).
  */
+/** What the server tells a backend about one publish attempt. */
+export interface PublishAttempt {
+  /** Unique per publication, the same across its retries. */
+  id?: string;
+}
+
 export interface PubSubClient {
   /** Connects to the broker; idempotent. Rejects with a PubSubError when unreachable. */
   connect(): Promise<void>;
   /** Closes every subscription and the connection; idempotent, never rejects. */
   disconnect(): Promise<void>;
-  /** Publishes opaque bytes to a subject. Rejects with NotConnectedError before `connect()`. */
-  publish(subject: string, payload: Uint8Array): Promise<void>;
+  /**
+   * Publishes opaque bytes to a subject. Rejects with NotConnectedError before `connect()`.
+   * `options.id` is the same on every retry of one publication, so that a backend that
+   * detects duplicates (JetStream's `Nats-Msg-Id`) stores a retried one once, even when the
+   * attempt that failed had in fact been stored; other backends ignore it.
+   */
+  publish(subject: string, payload: Uint8Array, options?: PublishAttempt): Promise<void>;
   /** Subscribes a synchronous handler; resolves to an idempotent unsubscribe function. */
   subscribe(subject: string, handler: PubSubHandler): Promise<Unsubscribe>;
   /** Reports connection-state changes; returns a function that removes the listener. */

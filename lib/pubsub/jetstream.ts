@@ -161,12 +161,15 @@ export class JetStreamHistory implements TopicHistory {
    * not answer (a publish that timed out may still have been stored),
    * `PUSH_PUBSUB` when JetStream refuses the message or that stream cannot
    * be made (its subjects overlap another stream's); NotConnectedError once
-   * the connection is closed.
+   * the connection is closed. With `id`, the stream stores one payload per id within its
+   * duplicate window (2 minutes by default): a retry of a publish whose PubAck was lost is not
+   * stored twice.
    */
-  async publish(subject: string, payload: Uint8Array): Promise<void> {
+  async publish(subject: string, payload: Uint8Array, id?: string): Promise<void> {
     const { js } = await this.#use('publish');
+    const options = id === undefined ? undefined : { msgID: id };
     try {
-      await js.publish(subject, payload);
+      await js.publish(subject, payload, options);
       return;
     } catch (error) {
       if (!isNoStream(error)) throw wrap(error, `publish to ${subject}`);
@@ -176,7 +179,7 @@ export class JetStreamHistory implements TopicHistory {
     const topic = this.#topicOf(subject) ?? subject.split('.', 1)[0] ?? subject;
     await this.#ensure(topic, true);
     try {
-      await (await this.#use('publish')).js.publish(subject, payload);
+      await (await this.#use('publish')).js.publish(subject, payload, options);
     } catch (error) {
       throw wrap(error, `publish to ${subject}`);
     }

@@ -15,6 +15,7 @@ import {
   type PubSubStatus,
   type TopicHistory,
   type Unsubscribe,
+  type PublishAttempt,
 } from './contract.js';
 import { JetStreamHistory } from './jetstream.js';
 
@@ -212,8 +213,8 @@ export class NatsPubSub implements PubSubClient {
    * With history on, it resolves once JetStream stored the payload (its
    * acknowledgement): see {@link JetStreamHistory.publish} for its rejections.
    */
-  async publish(subject: string, payload: Uint8Array): Promise<void> {
-    if (this.#history) return this.#history.publish(subject, payload);
+  async publish(subject: string, payload: Uint8Array, options?: PublishAttempt): Promise<void> {
+    if (this.#history) return this.#history.publish(subject, payload, options?.id);
     const connection = this.#ready('publish');
     try {
       connection.publish(subject, payload);

@@ -14,7 +14,8 @@
  */
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { FrameFormat, type SessionTransport, type TransportName } from './contract.js';
+import { SocketTransport } from './socket-transport.js';
+import { FrameFormat, type TransportName } from './contract.js';
 
 /** How long a policy close waits for the buffered data to leave before destroying the socket. */
 const POLICY_CLOSE_GRACE_MS = 1000;
@@ -41,13 +42,13 @@ export function sseEvent(data: string, id?: string, type?: string): Buffer {
 }
 
 /** The connection of one SSE session. */
-export class SseTransport implements SessionTransport {
+export class SseTransport extends SocketTransport {
   get name(): TransportName {
     return 'sse';
   }
-  readonly format: FrameFormat = FrameFormat.SseJson;
-  /** The socket of the request; the response's head and body are written to it. */
-  readonly socket: Socket;
+  get format(): FrameFormat {
+    return FrameFormat.SseJson;
+  }
   /**
    * Keepalive: false from a keepalive comment until it left for the kernel. A peer that stopped
    * reading keeps it in the buffer; one that vanished without a reset is left to TCP.
@@ -65,7 +66,8 @@ export class SseTransport implements SessionTransport {
    * the socket would not be what the head announces.
    */
   constructor(socket: Socket, res: ServerResponse) {
-    this.socket = socket;
+    // The socket of the request: the response's head and body are written to it.
+    super(socket);
     socket.setNoDelay(true);
     // Neither chunked nor keep-alive: the body ends with the connection (section 10).
     res.useChunkedEncodingByDefault = false;
@@ -88,22 +90,6 @@ export class SseTransport implements SessionTransport {
 
   get writable(): boolean {
     return this.closeSent === undefined && this.socket.writable;
-  }
-
-  get bufferedBytes(): number {
-    return this.socket.writableLength;
-  }
-
-  write(frames: Buffer): void {
-    this.socket.write(frames);
-  }
-
-  cork(): void {
-    this.socket.cork();
-  }
-
-  uncork(): void {
-    this.socket.uncork();
   }
 
   keepalive(judge: boolean): void {
@@ -129,22 +115,6 @@ export class SseTransport implements SessionTransport {
     // The close event waits behind the unread data; a reader that stopped will not read it.
     const socket = this.socket;
     setTimeout(() => socket.destroy(), POLICY_CLOSE_GRACE_MS).unref();
-  }
-
-  drain(ms: number): Promise<void> {
-    const socket = this.socket;
-    if (socket.writableLength === 0 || !socket.writable) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        socket.off('drain', done);
-        socket.off('close', done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      socket.once('drain', done);
-      socket.once('close', done);
-    });
   }
 
   closeAndWait(code: number, reason: string, ms: number): Promise<void> {

@@ -5,7 +5,8 @@
  */
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
-import { FrameFormat, type SessionTransport, type TransportName } from './contract.js';
+import { SocketTransport } from './socket-transport.js';
+import { FrameFormat, type TransportName } from './contract.js';
 
 const WS_OPEN = 1;
 const WS_CLOSED = 3;
@@ -21,42 +22,25 @@ interface Binding<S> {
 type BoundSocket<S> = WebSocket & { [kBinding]: Binding<S> };
 
 /** The connection of one WebSocket session. */
-export class WebSocketTransport implements SessionTransport {
+export class WebSocketTransport extends SocketTransport {
   get name(): TransportName {
     return 'websocket';
   }
   readonly format: FrameFormat;
   /** The ws object, for the close handshake and pings. */
   readonly ws: WebSocket;
-  /** The raw socket frames are written to (ws writes nothing of ours: frames are prebuilt). */
-  readonly socket: Socket;
   /** Keepalive: false after a ping until the pong arrives. */
   alive = true;
 
   constructor(ws: WebSocket, socket: Socket, binary: boolean) {
+    // The raw socket frames are written to (ws writes nothing of ours: frames are prebuilt).
+    super(socket);
     this.ws = ws;
-    this.socket = socket;
     this.format = binary ? FrameFormat.WebSocketMsgpack : FrameFormat.WebSocketJson;
   }
 
   get writable(): boolean {
     return this.ws.readyState === WS_OPEN && this.socket.writable;
-  }
-
-  get bufferedBytes(): number {
-    return this.socket.writableLength;
-  }
-
-  write(frames: Buffer): void {
-    this.socket.write(frames);
-  }
-
-  cork(): void {
-    this.socket.cork();
-  }
-
-  uncork(): void {
-    this.socket.uncork();
   }
 
   keepalive(judge: boolean): void {
@@ -88,22 +72,6 @@ export class WebSocketTransport implements SessionTransport {
     this.ws.close(code, reason);
     // The close frame waits behind the unread data; a reader that stopped will not answer it.
     setTimeout(() => this.ws.terminate(), POLICY_CLOSE_GRACE_MS).unref();
-  }
-
-  drain(ms: number): Promise<void> {
-    const socket = this.socket;
-    if (socket.writableLength === 0 || !socket.writable) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        socket.off('drain', done);
-        socket.off('close', done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      socket.once('drain', done);
-      socket.once('close', done);
-    });
   }
 
   closeAndWait(code: number, reason: string, ms: number): Promise<void> {

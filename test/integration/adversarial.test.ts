@@ -9,7 +9,8 @@
  * open sessions and send generated push configs (maximal lists, the
  * polynomial and exponential regular-expression families, deep nesting,
  * claims smuggled in `parameters`, unknown keys), random frames and
- * oversized ones, then leave; forged tokens knock too; and the service
+ * oversized ones, then leave; one in five reads an event stream (SSE)
+ * instead, its config in the URL; forged tokens knock too; and the service
  * publishes generated entities (deep, wide, `__proto__` keys, large
  * strings). Meanwhile control sessions of tenants `/a` and `/b`, JSON and
  * MessagePack, receive a marker every 50 ms.
@@ -30,6 +31,7 @@ import fc from 'fast-check';
 import { SignJWT } from 'jose';
 import WebSocket from 'ws';
 import { decodeEventFrame, type ReceivedEvent } from '../helpers/push-app.js';
+import { openEventStream, pushEvents, type EventStream } from '../helpers/sse.js';
 import { deferred, waitFor, withTimeout } from '../helpers/wait.js';
 
 const ATTACK_MS = Number(process.env.ADVERSARIAL_TIME_MS ?? 15_000);
@@ -321,6 +323,7 @@ const attackFrame = fc.oneof(
 
 /** One attacker: how it connects, what it sends, how it leaves. */
 const attacker = fc.record({
+  transport: fc.constantFrom('websocket', 'websocket', 'websocket', 'websocket', 'sse'),
   encoding: fc.constantFrom('json', 'msgpack'),
   enableErrors: fc.boolean(),
   forged: fc.nat(9).map((n) => n === 0),
@@ -365,9 +368,13 @@ describe('adversarial: authenticated attackers and a careless publisher', () => 
   const attackerViolations: string[] = [];
   /** Attackers' sockets still open: the run in flight when the time limit interrupted it. */
   const attackerSockets = new Set<WebSocket>();
+  /** The same for event streams. */
+  const attackerStreams = new Set<EventStream>();
   /** False once the attack phase is over: late attackers leave at once. */
   let attacking = true;
   const publishStatuses = new Map<number, number>();
+  /** How SSE attackers were answered (200 streams, 400 configs refused, …). */
+  const sseStatuses = new Map<number, number>();
   let markers = 0;
   let ticker: NodeJS.Timeout | undefined;
   /** The marker publish in flight (or the last one): each waits for the one before. */
@@ -428,7 +435,65 @@ describe('adversarial: authenticated attackers and a careless publisher', () => 
     }
   });
 
+  /**
+   * An SSE attacker: its first frame is its config (`config` in the URL, or garbage there),
+   * MessagePack asked for or not; it must get a stream (200), a 400 for a config refused, a
+   * 415 for MessagePack, or Node's 431 for a URL past the header size — and never an event of
+   * another tenant.
+   */
+  const runSseAttacker = async (plan: AttackerPlan): Promise<void> => {
+    const namespace = '/a';
+    const good = await token(namespace, 'mallory');
+    const credential = plan.forged ? `${good.slice(0, -4)}AAAA` : good;
+    const [first] = plan.frames;
+    const config =
+      first === undefined || first.kind === 'oversized'
+        ? undefined
+        : first.kind === 'config'
+          ? JSON.stringify(first.config)
+          : first.kind === 'text'
+            ? first.text
+            : Buffer.from(first.bytes).toString('latin1');
+    const stream = await openEventStream(`http://127.0.0.1:${server.port}/api/events`, {
+      query: {
+        token: credential,
+        ...(config === undefined ? {} : { config }),
+        ...(plan.encoding === 'msgpack' ? { encoding: 'msgpack' } : {}),
+      },
+    });
+    sseStatuses.set(stream.status, (sseStatuses.get(stream.status) ?? 0) + 1);
+    if (plan.forged) {
+      // The encoding is checked before the session plugins, as for a WebSocket handshake, and
+      // Node refuses a URL past its header size before anything runs.
+      const expected = [plan.encoding === 'msgpack' ? 415 : 401, 431];
+      assert.ok(expected.includes(stream.status), `a forged token was answered ${stream.status}`);
+      return;
+    }
+    if (stream.status !== 200) {
+      const expected = plan.encoding === 'msgpack' ? [415, 431] : [400, 431];
+      assert.ok(expected.includes(stream.status), `an SSE attacker was answered ${stream.status}`);
+      return;
+    }
+    assert.equal(plan.encoding, 'json', 'MessagePack over SSE must be refused');
+    attackerStreams.add(stream);
+    try {
+      if (!attacking) return;
+      const control = controls.find((c) => c.namespace === namespace) as ControlSession;
+      await control.waitForMarkers(control.markers.length + 2, SESSION_MS);
+      for (const event of pushEvents(stream)) {
+        const seen = namespaceOf(event as unknown as ReceivedEvent);
+        if (seen !== namespace) {
+          attackerViolations.push(`an SSE attacker of ${namespace} got an event of ${seen}`);
+        }
+      }
+    } finally {
+      stream.close();
+      attackerStreams.delete(stream);
+    }
+  };
+
   const runAttacker = async (plan: AttackerPlan): Promise<void> => {
+    if (plan.transport === 'sse') return runSseAttacker(plan);
     const namespace = '/a';
     const good = await token(namespace, 'mallory');
     const configsOnly = plan.frames.every((frame) => frame.kind === 'config');
@@ -540,7 +605,7 @@ describe('adversarial: authenticated attackers and a careless publisher', () => 
       clearInterval(lagProbe);
     }
     t.diagnostic(
-      `adversarial: ${runs} runs, ${sessions} attacker sessions, ${markers} markers; publish answers ${JSON.stringify(Object.fromEntries(publishStatuses))}; worst event-loop delay ${maxLoopDelay.toFixed(0)} ms`,
+      `adversarial: ${runs} runs, ${sessions} attacker sessions, ${markers} markers; publish answers ${JSON.stringify(Object.fromEntries(publishStatuses))}; SSE attackers answered ${JSON.stringify(Object.fromEntries(sseStatuses))}; worst event-loop delay ${maxLoopDelay.toFixed(0)} ms`,
     );
     assert.ok(runs >= 5, `only ${runs} runs in ${ATTACK_MS} ms`);
   });
@@ -575,6 +640,7 @@ describe('adversarial: authenticated attackers and a careless publisher', () => 
       async () => {
         // Again on each look: an open() in flight when the attack phase ended adds one later.
         for (const ws of attackerSockets) ws.terminate();
+        for (const stream of attackerStreams) stream.close();
         return (
           (await getJson<{ sessions: number }>(server.port, '/status')).sessions === controls.length
         );

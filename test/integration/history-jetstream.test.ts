@@ -14,6 +14,7 @@ import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { connect as natsConnect, type NatsConnection } from '@nats-io/transport-node';
+import { pushMiddleware } from '../../lib/middleware.js';
 import { PubSubError } from '../../lib/errors.js';
 import type { HistoryOptions, PubSubStatus, TopicHistory } from '../../lib/pubsub/contract.js';
 import { parsePosition, streamEpoch, streamName } from '../../lib/pubsub/jetstream.js';
@@ -292,6 +293,50 @@ describe('NATS JetStream history', () => {
     const fromZero = await history.read(topic, `${parsePosition(read.head)?.epoch}:0`, 100);
     assert.equal(fromZero.recovered, true);
     assert.equal(fromZero.entries.length, 10);
+  });
+
+  it('stores a publication retried with the same id once (a lost PubAck does not duplicate it)', async () => {
+    const topic = freshTopic();
+    const pubsub = await client();
+    const history = historyOf(pubsub);
+    await useTopic(pubsub, topic);
+    const { head } = await history.read(topic, '', 1);
+    // A retry after an attempt the broker stored, then two publications without an id.
+    await pubsub.publish(`${topic}.t.c`, text('once'), { id: 'publication-1' });
+    await pubsub.publish(`${topic}.t.c`, text('once'), { id: 'publication-1' });
+    await pubsub.publish(`${topic}.t.c`, text('twice'));
+    await pubsub.publish(`${topic}.t.c`, text('twice'));
+    const read = await history.read(topic, head, 10);
+    assert.deepEqual(
+      read.entries.map((entry) => dec.decode(entry.payload)),
+      ['once', 'twice', 'twice'],
+    );
+  });
+
+  it('the server gives one id to every retry of one publication', async () => {
+    const topic = freshTopic();
+    const pubsub = await client();
+    await useTopic(pubsub, topic);
+    const ids: Array<string | undefined> = [];
+    let failures = 1;
+    // The first attempt is stored, then "fails" as a timed-out PubAck would; the retry must
+    // carry the same id, so that the stream keeps one copy.
+    const publish = pubsub.publish.bind(pubsub);
+    pubsub.publish = async (subject, payload, options) => {
+      ids.push(options?.id);
+      await publish(subject, payload, options);
+      if (failures-- > 0) throw new Error('PubAck lost');
+    };
+    const push = pushMiddleware(pubsub, topic, { publishRetryDelay: 1 });
+    await push.ready;
+    const { head } = await historyOf(pubsub).read(topic, '', 1);
+    await push.publish({ identity: 'task', type: 'create', entity: { n: 1 } });
+    await push.publish({ identity: 'task', type: 'create', entity: { n: 2 } });
+    assert.equal(ids.length, 3);
+    assert.equal(ids[0], ids[1], 'a retry carries the id of its first attempt');
+    assert.notEqual(ids[1], ids[2], 'another publication has an id of its own');
+    assert.equal((await historyOf(pubsub).read(topic, head, 10)).entries.length, 2);
+    await push.close();
   });
 
   it('reads an empty topic as recovered from <epoch>:0, with that head', async () => {

@@ -116,6 +116,20 @@ describe('SSE: the stream', () => {
     );
   });
 
+  it('works the same on Express 4, mounted on a nested router', async () => {
+    await withPushApp({ express: 4, nested: '/push', plugins: [tokenAuth] }, async (app) =>
+      withStreams(app, async (open) => {
+        assert.equal((await open(app.wsUrl)).status, 401);
+        const stream = await open(app.wsUrl, { query: { token: 'good' } });
+        assert.equal(stream.status, 200);
+        await sessionsOpen(app, 1);
+        await publish(app, task(7));
+        await stream.waitForEvents(1);
+        assert.deepEqual(pushEvents(stream)[0]?.entity, { n: 7 });
+      }),
+    );
+  });
+
   it('WebSocket JSON, WebSocket MessagePack and SSE sessions receive the same events in the same order', async () => {
     await withPushApp({}, async (app, track) =>
       withStreams(app, async (open) => {
