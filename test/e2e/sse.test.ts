@@ -22,7 +22,7 @@ import { mkdir, mkdtemp, rm, access } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { after, before, describe, it } from 'node:test';
+import { after, afterEach, before, describe, it } from 'node:test';
 import express from 'express';
 import expressWs from 'express-ws';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
@@ -127,11 +127,15 @@ interface ConsoleError {
   text: string;
 }
 
+/** The pages a test opened, closed after it whatever happened: a stream left open would be a session the next test counts. */
+const pages: Page[] = [];
+
 async function openPage(
   context: BrowserContext,
   url: string,
 ): Promise<{ page: Page; errors: ConsoleError[] }> {
   const page = await context.newPage();
+  pages.push(page);
   const errors: ConsoleError[] = [];
   page.on('console', (message) => {
     if (message.type() === 'error') errors.push({ text: message.text() });
@@ -190,6 +194,10 @@ describe('Server-Sent Events in Chromium', () => {
       headless: true,
       args: CHROMIUM_ARGS,
     });
+  });
+
+  afterEach(async () => {
+    for (const page of pages.splice(0)) if (!page.isClosed()) await page.close();
   });
 
   after(async () => {
