@@ -1,8 +1,9 @@
 /**
- * The push client: one logical session over as many WebSockets as it takes.
- * It connects, resends its push config on every (re)connection, decodes
- * events in either encoding, reconnects with backoff, and stops for good on
- * a 401/403 refusal or an explicit close(). Standard APIs only (WebSocket,
+ * The push client: one logical session over as many WebSockets (or
+ * Server-Sent Events streams, PROTOCOL.md section 10) as it takes. It
+ * connects, resends its push config on every (re)connection, decodes events
+ * in either encoding, reconnects with backoff, and stops for good on a
+ * 401/403 refusal or an explicit close(). Standard APIs only (WebSocket,
  * fetch, URL, TextDecoder), so the same code runs in browsers and in Node;
  * what differs per platform (the WebSocket class, how a refusal is read)
  * comes in through {@link Transport}.
@@ -14,7 +15,8 @@ import {
   DEFAULT_MIN_DELAY,
   type Scheduler,
 } from './backoff.js';
-import { PushConfigError, PushRefusedError, type ErrorObject } from './errors.js';
+import { errorObjectsOf, PushConfigError, PushRefusedError, type ErrorObject } from './errors.js';
+import { openEventStream } from './sse.js';
 import {
   decodeEvent,
   encodeConfig,
@@ -52,6 +54,12 @@ interface SocketHandlers {
   onerror: () => void;
 }
 
+/**
+ * How the client reaches the server: a WebSocket, a Server-Sent Events stream (PROTOCOL.md
+ * section 10), or `auto`, a WebSocket that falls back to SSE; see {@link PushClientOptions.transport}.
+ */
+export type PushTransport = 'websocket' | 'sse' | 'auto';
+
 /** The client's state; see {@link PushClient.state}. */
 export type PushClientState = 'connecting' | 'open' | 'reconnecting' | 'refused' | 'closed';
 
@@ -59,16 +67,24 @@ export type PushClientState = 'connecting' | 'open' | 'reconnecting' | 'refused'
 export interface OpenInfo {
   /** Failed attempts since the last healthy connection (0 on a first connection). */
   retries: number;
+  /** What opened: a WebSocket, or an SSE stream. */
+  transport: 'websocket' | 'sse';
 }
 
-/** Payload of `close`: one WebSocket ended. */
+/** Payload of `close`: one WebSocket or SSE stream ended. */
 export interface CloseInfo {
-  /** The close code (1006 when the connection failed or dropped without a close frame). */
+  /**
+   * The close code (1006 when the connection failed or dropped without a close frame); over
+   * SSE, the code of the server's `event: close`, 1000 when setConfig() replaced the stream.
+   */
   code: number;
   reason: string;
   /** False when the socket never opened: a network failure or a refused handshake. */
   opened: boolean;
-  /** True when the client will try again after a delay (a `reconnecting` follows). */
+  /**
+   * True when the client will try again: after a delay (a `reconnecting` follows), or at once
+   * when setConfig() replaced an SSE stream or `auto` falls back to SSE.
+   */
   willReconnect: boolean;
 }
 
@@ -90,9 +106,9 @@ export interface PushClientEventMap {
    * (a message skipped), or what a `token` function threw.
    */
   error: Error;
-  /** A WebSocket opened; the push config, if any, has just been sent. */
+  /** A WebSocket opened (the push config, if any, has just been sent), or an SSE stream did. */
   open: OpenInfo;
-  /** A WebSocket ended (or failed to open). */
+  /** A WebSocket or SSE stream ended (or failed to open). */
   close: CloseInfo;
   /** A retry is scheduled. */
   reconnecting: ReconnectInfo;
@@ -161,13 +177,23 @@ export interface PushClientOptions {
   checkUrl?: string | URL;
   /**
    * HTTP headers of the handshake (an `Authorization` header, say); a function is called
-   * before every attempt, as `token`'s is, and a throw retries the same way. Node only
-   * (`pushwire/client/node`, with `ws`): a browser's WebSocket cannot send request headers, so
-   * `pushwire/client` throws a TypeError at creation when this is set, rather than connect
-   * without them. Use `token` or `parameters` there.
+   * before every attempt, as `token`'s is, and a throw retries the same way. Over WebSocket,
+   * Node only (`pushwire/client/node`, with `ws`): a browser's WebSocket cannot send request
+   * headers, so `pushwire/client` throws a TypeError at creation when this is set with a
+   * transport other than `sse`, rather than connect without them. Use `token` or `parameters`
+   * there, or `transport: 'sse'`, whose `fetch` sends them everywhere.
    */
   headers?:
     Record<string, string> | (() => Record<string, string> | Promise<Record<string, string>>);
+  /**
+   * `websocket` (the default), `sse` (a Server-Sent Events stream read with `fetch`, PROTOCOL.md
+   * section 10: same events, reconnects, resume and refusals; the push config travels in the
+   * URL, so setConfig() opens a new stream), or `auto`: a WebSocket, and when one fails before
+   * opening without an HTTP refusal the client could see, an SSE stream at once; the first
+   * transport that opens is kept for the life of the client. SSE carries JSON only: `sse` or
+   * `auto` with `encoding: 'msgpack'` is a TypeError at creation.
+   */
+  transport?: PushTransport;
   /** The WebSocket class. Default `globalThis.WebSocket` (`ws` in `pushwire/client/node`). */
   WebSocket?: WebSocketConstructor;
   /** The clock and timers (tests inject a fake one). Default the real ones. */
@@ -184,6 +210,11 @@ export interface PushClient extends AsyncIterable<ReceivedEvent> {
    * (stopped by close(), or by a drop with `reconnect: false`).
    */
   readonly state: PushClientState;
+  /**
+   * `websocket` or `sse`: the transport of the open socket or stream, else of the next attempt
+   * (in a `close` listener, `auto` has already chosen the next one).
+   */
+  readonly transport: 'websocket' | 'sse';
   /**
    * The position of the last event received, when the server keeps history
    * (PROTOCOL.md section 9): save it to resume a later run with `since`.
@@ -202,7 +233,12 @@ export interface PushClient extends AsyncIterable<ReceivedEvent> {
    * Replaces the push config: sent now if a socket is open, and after every
    * reconnection. Throws TypeError when it is not an object or cannot be
    * encoded. The server answers an invalid one with an error event
-   * (PushConfigError) or, without `enableErrors`, a close with 1003.
+   * (PushConfigError) or, without `enableErrors`, a close with 1003. Over
+   * SSE, whose config is fixed per stream, the stream open (or being opened)
+   * is closed and a new one opened at once with the new config and `since`
+   * the last position (a `close` with willReconnect true, then an `open`);
+   * an invalid config is a 400 refusal, reported as a PushConfigError and
+   * retried with backoff until a valid one is set.
    */
   setConfig(config: PushConfig): void;
   /**
@@ -271,6 +307,14 @@ function reportLater(error: unknown): void {
     }, 0);
 }
 
+/** The error for a push config the server rejected: an error event, or a 400 over SSE. */
+function rejected(object: ErrorObject | undefined): PushConfigError {
+  return new PushConfigError(
+    `the server rejected the push config: ${object?.description ?? 'invalid'}`,
+    object,
+  );
+}
+
 /** Parses a response body as JSON when it is JSON, else keeps the text. */
 export function parseBody(text: string): unknown {
   try {
@@ -312,6 +356,10 @@ class Client implements PushClient {
   #configFrame: string | Uint8Array | undefined;
   /** The refusal that stopped the client, for iterators created afterwards. */
   #refusal: PushRefusedError | undefined;
+  /** The next attempt is an SSE stream: transport `sse`, or `auto` after a WebSocket failed. */
+  #sse: boolean;
+  /** `auto`, and nothing has opened yet: a WebSocket that fails to open is followed by SSE. */
+  #probing: boolean;
 
   constructor(url: string | URL, options: PushClientOptions, transport: Transport) {
     this.#endpoint = endpointUrl(url);
@@ -326,14 +374,28 @@ class Client implements PushClient {
     ) {
       throw new TypeError(`encoding is 'json' or 'msgpack', not ${String(options.encoding)}`);
     }
-    if (this.#webSocketClass() === undefined) {
+    const mode = options.transport ?? 'websocket';
+    if (mode !== 'websocket' && mode !== 'sse' && mode !== 'auto') {
+      throw new TypeError(`unknown transport ${String(mode)}`);
+    }
+    this.#sse = mode === 'sse';
+    this.#probing = mode === 'auto';
+    if (mode !== 'websocket') {
+      // PROTOCOL.md section 10: the server refuses MessagePack streams with 415, which would
+      // only show at the first connection; say it here, where the mistake is.
+      if (options.encoding === 'msgpack') {
+        throw new TypeError(`transport ${mode}: SSE is JSON only`);
+      }
+      if (typeof fetch !== 'function') throw new TypeError(`transport ${mode} needs fetch`);
+    }
+    if (mode !== 'sse' && this.#webSocketClass() === undefined) {
       throw new TypeError(
         'no WebSocket class: pass options.WebSocket, or import pushwire/client/node in Node < 22',
       );
     }
-    if (options.headers !== undefined && transport.open === undefined) {
+    if (options.headers !== undefined && transport.open === undefined && mode !== 'sse') {
       throw new TypeError(
-        "headers: a browser's WebSocket cannot send request headers; use token or parameters (in Node, import pushwire/client/node)",
+        "headers: a browser's WebSocket cannot send request headers; use token or parameters, or transport 'sse' (in Node, import pushwire/client/node)",
       );
     }
     if (options.WebSocket !== undefined) transport.checkWebSocket?.(options.WebSocket);
@@ -347,6 +409,10 @@ class Client implements PushClient {
 
   get state(): PushClientState {
     return this.#state;
+  }
+
+  get transport(): 'websocket' | 'sse' {
+    return this.#sse ? 'sse' : 'websocket';
   }
 
   get config(): PushConfig | undefined {
@@ -366,7 +432,28 @@ class Client implements PushClient {
     const frame = encodeConfig(config, this.#options.encoding ?? 'json');
     this.#config = config;
     this.#configFrame = frame;
-    if (this.#state === 'open') this.#sendConfig();
+    if (!this.#sse) {
+      if (this.#state === 'open') this.#sendConfig();
+    } else if (this.#state === 'reconnecting') {
+      this.connect();
+    } else if (this.#state === 'open' || this.#state === 'connecting') {
+      // PROTOCOL.md section 10: a stream's config is fixed; a new stream resumes from the last
+      // position (nothing lost with history on). The old one is closed first, not after the new
+      // one opens: a limit of one session per token would refuse the new one, and without
+      // history events it still delivered would come twice.
+      const socket = this.#socket;
+      const generation = ++this.#generation;
+      this.#socket = undefined;
+      if (socket !== undefined) {
+        (socket as unknown as SocketHandlers).onclose = () => undefined;
+        socket.close(1000);
+        const opened = this.#state === 'open';
+        this.#state = 'connecting';
+        this.#emit('close', { code: 1000, reason: '', opened, willReconnect: true });
+      }
+      // A listener that called close() (or connect()) meanwhile has taken over.
+      if (generation === this.#generation) void this.#open();
+    }
   }
 
   connect(): void {
@@ -479,6 +566,12 @@ class Client implements PushClient {
     if (token !== undefined && token !== '') url.searchParams.set('token', token);
     url.searchParams.set('encoding', this.#options.encoding ?? 'json');
     if (this.#options.enableErrors !== false) url.searchParams.set('enableErrors', 'true');
+    if (this.#sse) {
+      // An SSE client sends nothing after its request: the config travels in the URL (section 10).
+      url.protocol = url.protocol === 'wss:' ? 'https:' : 'http:';
+      if (this.#configFrame !== undefined)
+        url.searchParams.set('config', this.#configFrame as string);
+    }
     // Resume where the last connection stopped, when the server keeps history (section 9). In
     // the URL rather than the config: the server then holds live events until the replay is done.
     if (this.#position !== undefined && this.#options.resume !== false) {
@@ -510,12 +603,20 @@ class Client implements PushClient {
     }
     if (generation !== this.#generation) return;
     const url = this.#handshakeUrl(token);
+    const sse = this.#sse;
+    let refusal: { status: number; body: unknown } | undefined;
+    const report = (status: number, body: unknown): void => {
+      refusal = { status, body };
+    };
     const WebSocketClass = this.#webSocketClass() as WebSocketConstructor;
     let socket: WebSocketLike;
     try {
       const open = this.#transport.open;
-      socket =
-        open !== undefined ? open(WebSocketClass, url.href, headers) : new WebSocketClass(url.href);
+      socket = sse
+        ? openEventStream(url.href, headers, (status, text) => report(status, parseBody(text)))
+        : open !== undefined
+          ? open(WebSocketClass, url.href, headers)
+          : new WebSocketClass(url.href);
     } catch (error) {
       // The URL was checked at creation, so this does not get better by retrying.
       this.#stop('closed');
@@ -525,30 +626,28 @@ class Client implements PushClient {
     this.#socket = socket;
     // Binary frames as ArrayBuffer everywhere (a browser's default is Blob, ws's a Buffer).
     socket.binaryType = 'arraybuffer';
-    let refusal: { status: number; body: unknown } | undefined;
-    this.#transport.watchRefusal?.(socket, (status, body) => {
-      refusal = { status, body };
-    });
+    if (!sse) this.#transport.watchRefusal?.(socket, report);
     let openedAt: number | undefined;
     const handlers = socket as unknown as SocketHandlers;
     handlers.onopen = () => {
       if (generation !== this.#generation) return;
       openedAt = this.#scheduler.now();
       this.#state = 'open';
+      this.#probing = false;
       this.#sendConfig();
-      this.#emit('open', { retries: this.#failures });
+      this.#emit('open', { retries: this.#failures, transport: sse ? 'sse' : 'websocket' });
     };
     const deliver = (data: unknown): void => {
       if (generation === this.#generation) this.#receive(data);
     };
-    if (this.#transport.watchMessages?.(socket, deliver) !== true) {
+    if (sse || this.#transport.watchMessages?.(socket, deliver) !== true) {
       handlers.onmessage = (message) => deliver(message.data);
     }
     // An error event is always followed by a close event, which carries what there is to know.
     handlers.onerror = () => undefined;
     handlers.onclose = (close) => {
       if (this.#socket === socket) this.#socket = undefined;
-      void this.#closed(generation, url, close.code, close.reason ?? '', openedAt, refusal);
+      void this.#closed(generation, url, close.code, close.reason ?? '', openedAt, refusal, sse);
     };
   }
 
@@ -570,14 +669,7 @@ class Client implements PushClient {
     if (event.position !== undefined) this.#position = event.position;
     // An error event (section 4): the server rejected the config, it is not an application event.
     if (event.type === 'error' && event.identity === '') {
-      const object = event.entity as ErrorObject | undefined;
-      this.#emit(
-        'error',
-        new PushConfigError(
-          `the server rejected the push config: ${object?.description ?? 'invalid'}`,
-          object,
-        ),
-      );
+      this.#emit('error', rejected(event.entity as ErrorObject | undefined));
       return;
     }
     this.#emit('event', event);
@@ -591,10 +683,11 @@ class Client implements PushClient {
     reason: string,
     openedAt: number | undefined,
     reported: { status: number; body: unknown } | undefined,
+    sse: boolean,
   ): Promise<void> {
     const opened = openedAt !== undefined;
     let refusal = reported;
-    if (!opened && refusal === undefined && generation === this.#generation) {
+    if (!opened && !sse && refusal === undefined && generation === this.#generation) {
       refusal = await this.#check(url);
     }
     if (generation !== this.#generation) {
@@ -602,9 +695,28 @@ class Client implements PushClient {
       this.#emit('close', { code, reason, opened, willReconnect: false });
       return;
     }
+    if (this.#probing && !opened && (refusal === undefined || refusal.status === 426)) {
+      // `auto`: a WebSocket that could not open is followed by a stream at once; a stream that
+      // could not open either (the server is down) sends the next attempt back to WebSocket. A
+      // 426 is no refusal: a proxy stripped the Upgrade header, and the server answered the
+      // plain GET that reached it (section 10).
+      refusal = undefined;
+      this.#sse = !sse;
+      if (!sse) {
+        this.#emit('close', { code, reason, opened, willReconnect: true });
+        if (generation === this.#generation) void this.#open();
+        return;
+      }
+    }
     if (opened && this.#scheduler.now() - openedAt >= HEALTHY_AFTER_MS) this.#failures = 0;
-    const error = refusal ? new PushRefusedError(refusal.status, refusal.body) : undefined;
-    const final = error !== undefined && FINAL_STATUSES.has(error.status);
+    // Over SSE a 400 is the server's answer to an invalid `config` parameter (section 10).
+    const error =
+      refusal === undefined
+        ? undefined
+        : sse && refusal.status === 400
+          ? rejected(errorObjectsOf(refusal.body)[0])
+          : new PushRefusedError(refusal.status, refusal.body);
+    const final = error instanceof PushRefusedError && FINAL_STATUSES.has(error.status);
     const willReconnect = !final && this.#options.reconnect !== false;
     // Decided before the listeners run, so that a listener calling connect() or close() wins.
     this.#state = final ? 'refused' : willReconnect ? 'reconnecting' : 'closed';
@@ -676,10 +788,12 @@ class Client implements PushClient {
 
 /**
  * Creates a client and starts connecting to a push endpoint
- * (`wss://host/api/events`; http(s) URLs are converted, relative URLs
- * resolve against the page). Throws TypeError for a URL that is not one, an
- * unknown encoding, or when there is no WebSocket class. `transport` is how
- * a platform entry point (pushwire/client/node) adds what it knows.
+ * (`wss://host/api/events`; http(s) URLs are converted to what each
+ * transport needs, relative URLs resolve against the page). Throws TypeError
+ * for a URL that is not one, an unknown encoding or transport, MessagePack
+ * over SSE, or when there is no WebSocket class (and `options.transport` is
+ * not `sse`). `transport` is how a platform entry point
+ * (pushwire/client/node) adds what it knows.
  */
 export function createClient(
   url: string | URL,

@@ -1,8 +1,9 @@
 /**
  * pushwire/client: a small client for pushwire (and bahamut) push servers,
  * for browsers and Node. This entry uses the platform's WebSocket
- * (`globalThis.WebSocket`); in Node < 22, import `pushwire/client/node`,
- * which has the same API with the `ws` package injected.
+ * (`globalThis.WebSocket`), or `fetch` for Server-Sent Events (`transport:
+ * 'sse'`); in Node < 22, import `pushwire/client/node`, which has the same
+ * API with the `ws` package injected.
  *
  * ```ts
  * const client = createPushClient('/api/events', { token, encoding: 'msgpack' });
@@ -14,8 +15,9 @@ import { createClient, type PushClient, type PushClientOptions } from './client.
 
 /**
  * Creates a client and starts connecting (see {@link PushClientOptions}).
- * Throws TypeError for an invalid URL or encoding, or when there is no
- * WebSocket class (pass `options.WebSocket`).
+ * Throws TypeError for an invalid URL, encoding or transport, MessagePack
+ * over SSE, or when there is no WebSocket class (pass `options.WebSocket`)
+ * and the transport is not `sse`.
  */
 export function createPushClient(url: string | URL, options: PushClientOptions = {}): PushClient {
   return createClient(url, options);
@@ -29,6 +31,7 @@ export type {
   PushClientListener,
   PushClientOptions,
   PushClientState,
+  PushTransport,
   ReconnectInfo,
   WebSocketConstructor,
   WebSocketLike,

@@ -8,7 +8,9 @@
  *   DEMO_INTERVAL=0 npm start    # no heartbeat of demo events (the browser tests use this)
  *
  * The token `bad` is refused (open http://localhost:3000/?token=bad): the
- * auth plugin below stands for a real token check.
+ * auth plugin below stands for a real token check. `?transport=sse` shows
+ * the same page over Server-Sent Events (`?transport=auto`: a WebSocket,
+ * SSE when it cannot open).
  */
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
@@ -126,6 +128,7 @@ app.get('/api/sessions', (_req, res) => {
     push.sessions().map((session) => ({
       id: session.id,
       encoding: session.encodings.write,
+      transport: session.transportName,
       startTime: session.startTime,
       pushConfig: session.pushConfig?.input ?? null,
     })),

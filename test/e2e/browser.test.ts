@@ -110,13 +110,23 @@ class ExampleServer {
     assert.equal(response.status, 202, `publish answered ${response.status}`);
   }
 
-  /** Waits until some session on the server holds `config`: the page's config was applied. */
-  async hasConfig(config: unknown): Promise<void> {
+  /**
+   * Waits until some session on the server holds `config` (over `transport`, when given): the
+   * page's config was applied.
+   */
+  async hasConfig(config: unknown, transport?: 'sse' | 'websocket'): Promise<void> {
     await waitFor(
       async () => {
         const response = await fetch(`${this.url}/api/sessions`);
-        const sessions = (await response.json()) as Array<{ pushConfig: unknown }>;
-        return sessions.some((s) => JSON.stringify(s.pushConfig) === JSON.stringify(config));
+        const sessions = (await response.json()) as Array<{
+          pushConfig: unknown;
+          transport: string;
+        }>;
+        return sessions.some(
+          (s) =>
+            JSON.stringify(s.pushConfig) === JSON.stringify(config) &&
+            (transport === undefined || s.transport === transport),
+        );
       },
       { timeout: UI_MS, interval: 50, message: `no session holds ${JSON.stringify(config)}` },
     );
@@ -235,6 +245,28 @@ describe('the live page in Chromium', () => {
     );
     assert.equal(await row(page, 'create-filtered').count(), 0);
     await screenshot(page, '2-msgpack');
+    assertConsole(errors);
+    await page.close();
+  });
+
+  it('over Server-Sent Events (?transport=sse): shows events; a new config opens a new stream', async () => {
+    const { page, errors } = await openPage(context);
+    await page.goto(`${server.url}/?transport=sse`);
+    await state(page, 'open').waitFor({ timeout: UI_MS });
+    assert.equal(await page.locator('#state').textContent(), 'connected · JSON · SSE');
+    await server.publish('task', 'create', { ID: 'sse-1', priority: 3 });
+    await row(page, 'sse-1').waitFor({ timeout: UI_MS });
+
+    const config = { identities: { task: [] } };
+    await page.locator('#config').fill(JSON.stringify(config));
+    await page.locator('#apply').click();
+    await server.hasConfig(config, 'sse');
+    await state(page, 'open').waitFor({ timeout: UI_MS });
+    await server.publish('user', 'create', { ID: 'sse-user-filtered' });
+    await server.publish('task', 'update', { ID: 'sse-marker' });
+    await row(page, 'sse-marker').waitFor({ timeout: UI_MS });
+    assert.equal(await row(page, 'sse-user-filtered').count(), 0, 'the user event was filtered');
+    await screenshot(page, '7-sse');
     assertConsole(errors);
     await page.close();
   });

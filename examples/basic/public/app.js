@@ -1,7 +1,7 @@
 /* global document, location, URLSearchParams, fetch, FormData, setInterval, clearInterval */
 // The page: pushwire/client does the socket, the reconnects, the config resends and the
-// decoding; this file only renders what it reports. `?token=` and `?encoding=` in the page's
-// own URL are passed on to the client.
+// decoding; this file only renders what it reports. `?token=`, `?encoding=` and `?transport=`
+// (`sse` or `auto`: Server-Sent Events, JSON only) in the page's own URL are passed on to it.
 import { createPushClient, PushConfigError, PushRefusedError } from './pushwire-client.min.js';
 
 const MAX_ROWS = 200;
@@ -15,13 +15,19 @@ const configEl = $('config');
 const configStatusEl = $('config-status');
 
 const query = new URLSearchParams(location.search);
-const encoding = query.get('encoding') === 'msgpack' ? 'msgpack' : 'json';
+const transport = ['sse', 'auto'].includes(query.get('transport'))
+  ? query.get('transport')
+  : 'websocket';
+// Event streams carry JSON only: the client would refuse MessagePack with them.
+const encoding =
+  query.get('encoding') === 'msgpack' && transport === 'websocket' ? 'msgpack' : 'json';
 const token = query.get('token') ?? undefined;
 $('encoding').value = encoding;
 
 const client = createPushClient('/api/events', {
   token,
   encoding,
+  transport,
   // Browsers hide a refused handshake's status: the client asks this URL after a failed attempt.
   checkUrl: '/api/events/check',
   // A demo should come back quickly after a restart; the library's default ceiling is 30 s.
@@ -60,9 +66,10 @@ function tick() {
 }
 
 let opens = 0;
-client.on('open', () => {
+client.on('open', (open) => {
   opens++;
-  showState('open', `connected · ${encoding === 'msgpack' ? 'MessagePack' : 'JSON'}`);
+  const wire = open.transport === 'sse' ? ' · SSE' : '';
+  showState('open', `connected · ${encoding === 'msgpack' ? 'MessagePack' : 'JSON'}${wire}`);
   showAlert('');
   // The client has just (re)sent the config; say so, unless the server's error is on show.
   if (client.config !== undefined && configStatusEl.className !== 'error') {
