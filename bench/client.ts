@@ -89,10 +89,15 @@ class Session {
     headers: Record<string, string>,
     private readonly config: string | undefined,
     readonly slow: boolean,
+    localAddress: string | undefined,
     onOpen: (error?: Error) => void,
   ) {
     this.#onOpen = onOpen;
-    const socket = connectTcp({ host: '127.0.0.1', port });
+    const socket = connectTcp(
+      localAddress === undefined
+        ? { host: '127.0.0.1', port }
+        : { host: '127.0.0.1', port, localAddress },
+    );
     this.socket = socket;
     socket.setNoDelay(true);
     const extra = Object.entries(headers)
@@ -240,6 +245,7 @@ let sessions: Session[] = [];
 function openSession(
   command: Extract<ClientCommand, { type: 'connect' }>,
   slow: boolean,
+  localAddress: string | undefined,
 ): Promise<Session> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -253,6 +259,7 @@ function openSession(
       command.headers,
       command.config,
       slow,
+      localAddress,
       (error) => {
         clearTimeout(timer);
         if (error === undefined) resolve(session);
@@ -272,15 +279,24 @@ async function connectAll(command: Extract<ClientCommand, { type: 'connect' }>):
   let firstError: string | undefined;
   // The slow consumers are spread evenly among the others, not the last ones to connect.
   const stride = command.slow > 0 ? Math.max(1, Math.floor(command.count / command.slow)) : 0;
+  const addresses = command.localAddresses ?? [];
+  // Failures in a row: past the server's limit every attempt fails, and each one can take the
+  // whole connect timeout, so the scale phase stops there (what broke is in the first error).
+  let failedInARow = 0;
+  const giveUp = command.stopAfterFailures ?? Infinity;
   const worker = async (): Promise<void> => {
-    while (next < command.count) {
+    while (next < command.count && failedInARow < giveUp) {
       const index = next++;
       const slow = stride > 0 && index % stride === 0 && index / stride < command.slow;
       try {
-        sessions.push(await openSession(command, slow));
+        const address = addresses.length === 0 ? undefined : addresses[index % addresses.length];
+        sessions.push(await openSession(command, slow, address));
+        failedInARow = 0;
       } catch (error) {
         failed++;
-        firstError ??= (error as Error).message;
+        failedInARow++;
+        const code = (error as NodeJS.ErrnoException).code;
+        firstError ??= (code === undefined ? '' : `${code}: `) + (error as Error).message;
       }
     }
   };

@@ -75,7 +75,9 @@ export type ServerCommand =
   /** Writes a V8 heap snapshot after GC (for finding what an idle session keeps alive). */
   | { type: 'heap-snapshot'; path: string }
   /** pushwire with history: publishes `count` events and waits until the history holds them. */
-  | { type: 'fill-history'; count: number };
+  | { type: 'fill-history'; count: number }
+  /** The scale phase: file descriptors open and allowed, and what accept() refused. */
+  | { type: 'limits' };
 
 /** Server child → orchestrator. */
 export type ServerReply =
@@ -90,7 +92,20 @@ export type ServerReply =
   | { type: 'heap-snapshot'; path: string }
   /** `since`: the position of the first event filled, so a resume from it replays the others. */
   | { type: 'history-filled'; since: string; stored: number }
+  | { type: 'limits'; limits: ServerLimits }
   | { type: 'error'; message: string };
+
+/** What bounds a server child's sessions, read by the scale phase when connections fail. */
+export interface ServerLimits {
+  /** File descriptors open now (/proc/self/fd; -1 off Linux). */
+  fds: number;
+  /** The soft limit on open files (RLIMIT_NOFILE; -1 when unknown). */
+  fdLimit: number;
+  /** Errors the listening server reported (accept() failing: EMFILE, ENFILE…). */
+  serverErrors: number;
+  /** The first of them, as `code: message`. */
+  firstServerError: string | undefined;
+}
 
 /** Counters of a server child at one instant. */
 export interface ServerSnapshot {
@@ -127,6 +142,13 @@ export type ClientCommand =
       slow: number;
       /** Connections attempted at once. */
       concurrency: number;
+      /**
+       * Source addresses to bind sockets to, in turn (`localAddress`): loopback clients run
+       * out of ephemeral ports near 28,000 per source address. Absent: the system's choice.
+       */
+      localAddresses?: string[];
+      /** Give up connecting after this many failures in a row (the server's limit is reached). */
+      stopAfterFailures?: number;
     }
   | { type: 'snapshot' }
   /** Record latency of events whose sequence number is at least `fromSeq`. */

@@ -71,6 +71,24 @@ export interface Setup {
   history?: number;
 }
 
+/** How the scale phase's measurements connect, beyond the other phases' defaults. */
+export interface ConnectTuning {
+  /** Source addresses the clients' sockets are spread over (ephemeral ports are per address). */
+  localAddresses: string[];
+  /** Connections each client child attempts at once. */
+  concurrency: number;
+  /** A client child stops after this many failed connections in a row. */
+  stopAfterFailures: number;
+  /** Called with every server child once it is ready (CPU affinity, file-descriptor limit). */
+  onServer(server: ServerChild): Promise<void>;
+}
+
+/** Connections that failed, when the caller counts them rather than failing the run. */
+export interface ConnectOutcome {
+  failed: number;
+  firstError: string | undefined;
+}
+
 /** The measurements of one run, over one set of client children; a failure is recorded, not thrown. */
 export class Bench {
   readonly failures: string[] = [];
@@ -79,6 +97,7 @@ export class Bench {
   constructor(
     readonly options: Options,
     readonly clients: ClientChild[],
+    readonly tuning?: ConnectTuning,
   ) {}
 
   async startServer(setup: Setup): Promise<{ server: ServerChild; port: number; path: string }> {
@@ -103,11 +122,22 @@ export class Bench {
       execArgv,
     );
     const ready = await server.expect('ready', 60_000);
+    await this.tuning?.onServer(server);
     return { server, port: ready.port, path: ready.path };
   }
 
-  /** Connects `setup.sessions` sessions spread over the client children; returns how many opened. */
-  async connect(setup: Setup, server: ServerChild, port: number, path: string): Promise<number> {
+  /**
+   * Connects `setup.sessions` sessions spread over the client children; returns how many opened.
+   * Failed connections are a failure of the run, unless `outcome` is given: then they are
+   * counted there (the scale phase expects them past a limit; they are its finding).
+   */
+  async connect(
+    setup: Setup,
+    server: ServerChild,
+    port: number,
+    path: string,
+    outcome?: ConnectOutcome,
+  ): Promise<number> {
     const protocol: ClientProtocol =
       setup.mode === 'socketio' ? 'socketio' : setup.mode === 'pushwire-sse' ? 'sse' : 'push';
     const headers: Record<string, string> =
@@ -133,16 +163,25 @@ export class Bench {
             headers,
             config,
             slow,
-            concurrency: 64,
+            concurrency: this.tuning?.concurrency ?? 64,
+            ...(this.tuning === undefined
+              ? {}
+              : {
+                  localAddresses: this.tuning.localAddresses,
+                  stopAfterFailures: this.tuning.stopAfterFailures,
+                }),
           },
           'connected',
-          180_000,
+          600_000,
         );
       }),
     );
     const open = replies.reduce((sum, r) => sum + r.open, 0);
     const failed = replies.reduce((sum, r) => sum + r.failed, 0);
-    if (failed > 0) {
+    if (outcome !== undefined) {
+      outcome.failed = failed;
+      outcome.firstError = replies.find((r) => r.firstError)?.firstError;
+    } else if (failed > 0) {
       this.failures.push(
         `${setup.mode}/${setup.variant}, ${setup.sessions} sessions: ${failed} sessions failed to connect (${replies.find((r) => r.firstError)?.firstError})`,
       );
@@ -215,35 +254,50 @@ export class Bench {
         memoryPerSessionKiB = (after.rss - before.rss) / 1024 / open;
         heapPerSessionKiB = (after.heapUsed - before.heapUsed) / 1024 / open;
       }
-      if (setup.slow > 0) {
-        await server.request({ type: 'rss-sampling', intervalMs: 250 }, 'rss-sampling');
-      }
-      await server.request({ type: 'load-max' }, 'load-started');
-      await sleep(this.options.warmupS * 1000);
-      const s0 = await this.snapshots(server);
-      await sleep(durationS * 1000);
-      const s1 = await this.snapshots(server);
-      const rss =
-        setup.slow > 0
-          ? (await server.request({ type: 'rss-samples' }, 'rss-samples')).samples
-          : [];
-      await server.request({ type: 'stop-load' }, 'load-stopped');
-      const sample = throughputSample(s0, s1, open - setup.slow, rss);
+      const sample = await this.maxLoadWindow(setup, server, open, durationS);
       sample.memoryPerSessionKiB = memoryPerSessionKiB;
       sample.heapPerSessionKiB = heapPerSessionKiB;
-      if (!(sample.deliveries > 0)) this.failures.push(`${this.label(setup)}: no deliveries`);
-      progress(
-        `${this.label(setup)}: ${formatCount(sample.deliveriesPerSec)} deliveries/s, ` +
-          `${sample.cpuUsPerDelivery.toFixed(3)} µs CPU/delivery (${sample.systemUsPerDelivery.toFixed(3)} system), server ${sample.serverCpuPct.toFixed(0)}%, ` +
-          `clients ≤${sample.clientCpuPctMax.toFixed(0)}%, machine ${sample.machineCpuPct.toFixed(0)}% ` +
-          `(other ${sample.otherCpuPct.toFixed(0)}%), ${sample.backlogWaits} backlog waits` +
-          (setup.memory ? `, ${memoryPerSessionKiB.toFixed(1)} KiB/session` : '') +
-          (sample.dropped > 0 ? `, ${sample.dropped} dropped` : ''),
-      );
+      this.logThroughput(setup, sample);
       return sample;
     } finally {
       await this.teardown(server);
     }
+  }
+
+  /** The maximum-load window on a server whose `open` sessions are connected (scale phase too). */
+  async maxLoadWindow(
+    setup: Setup,
+    server: ServerChild,
+    open: number,
+    durationS: number,
+  ): Promise<ThroughputSample> {
+    if (setup.slow > 0) {
+      await server.request({ type: 'rss-sampling', intervalMs: 250 }, 'rss-sampling');
+    }
+    await server.request({ type: 'load-max' }, 'load-started');
+    await sleep(this.options.warmupS * 1000);
+    const s0 = await this.snapshots(server);
+    await sleep(durationS * 1000);
+    const s1 = await this.snapshots(server);
+    const rss =
+      setup.slow > 0 ? (await server.request({ type: 'rss-samples' }, 'rss-samples')).samples : [];
+    await server.request({ type: 'stop-load' }, 'load-stopped');
+    const sample = throughputSample(s0, s1, open - setup.slow, rss);
+    if (!(sample.deliveries > 0)) this.failures.push(`${this.label(setup)}: no deliveries`);
+    return sample;
+  }
+
+  /** The progress line of a maximum-load sample. */
+  logThroughput(setup: Setup, sample: ThroughputSample): void {
+    const memoryPerSessionKiB = sample.memoryPerSessionKiB;
+    progress(
+      `${this.label(setup)}: ${formatCount(sample.deliveriesPerSec)} deliveries/s, ` +
+        `${sample.cpuUsPerDelivery.toFixed(3)} µs CPU/delivery (${sample.systemUsPerDelivery.toFixed(3)} system), server ${sample.serverCpuPct.toFixed(0)}%, ` +
+        `clients ≤${sample.clientCpuPctMax.toFixed(0)}%, machine ${sample.machineCpuPct.toFixed(0)}% ` +
+        `(other ${sample.otherCpuPct.toFixed(0)}%), ${sample.backlogWaits} backlog waits` +
+        (setup.memory ? `, ${memoryPerSessionKiB.toFixed(1)} KiB/session` : '') +
+        (sample.dropped > 0 ? `, ${sample.dropped} dropped` : ''),
+    );
   }
 
   /** Fixed load: per-delivery and last-session latency. */
@@ -251,75 +305,85 @@ export class Bench {
     const { server, port, path } = await this.startServer(setup);
     try {
       const open = await this.connect(setup, server, port, path);
-      await server.request({ type: 'load-rate', rate }, 'load-started');
-      await sleep(this.options.warmupS * 1000);
-      const s0 = await this.snapshots(server);
-      // Recording starts with events published a little later, so every client is recording
-      // by the time they arrive.
-      const fromSeq = s0.server.nextSeq + Math.ceil(rate * 0.1);
-      await Promise.all(
-        this.clients.map((c) => c.request({ type: 'latency-start', fromSeq }, 'latency-started')),
-      );
-      await sleep(this.options.latencyDurationS * 1000);
-      const s1 = await this.snapshots(server);
-      const stopped = await server.request({ type: 'stop-load' }, 'load-stopped');
-      await sleep(500);
-      const reports = await Promise.all(
-        this.clients.map((c) => c.request({ type: 'latency-report' }, 'latency-report')),
-      );
-      const buckets = new Map<number, number>();
-      const perEvent = new Map<number, { max: number; sessions: number }>();
-      let deliveries = 0;
-      for (const { report } of reports) {
-        deliveries += report.deliveries;
-        for (const [i, count] of report.buckets) buckets.set(i, (buckets.get(i) ?? 0) + count);
-        for (const [seq, max, sessions] of report.perEvent) {
-          if (seq < fromSeq || seq > stopped.lastSeq) continue;
-          const e = perEvent.get(seq);
-          if (e === undefined) perEvent.set(seq, { max, sessions });
-          else {
-            e.sessions += sessions;
-            e.max = Math.max(e.max, max);
-          }
-        }
-      }
-      const expectedEvents = Math.max(0, stopped.lastSeq - fromSeq + 1);
-      let incomplete = expectedEvents - perEvent.size;
-      const lastLatencies: number[] = [];
-      for (const e of perEvent.values()) {
-        if (e.sessions < open) incomplete++;
-        lastLatencies.push(e.max);
-      }
-      const t = throughputSample(s0, s1, open, []);
-      const sample: LatencySample = {
-        p50: histogramQuantile(buckets, 0.5) / 1000,
-        p99: histogramQuantile(buckets, 0.99) / 1000,
-        lastP50: quantile(lastLatencies, 0.5) / 1000,
-        lastP99: quantile(lastLatencies, 0.99) / 1000,
-        achievedRate:
-          (s1.server.published - s0.server.published) /
-          ((s1.server.timeMs - s0.server.timeMs) / 1000),
-        incompleteEvents: incomplete,
-        clientCpuPctMax: t.clientCpuPctMax,
-        serverCpuPct: t.serverCpuPct,
-        otherCpuPct: t.otherCpuPct,
-      };
-      if (!(deliveries > 0)) this.failures.push(`${this.label(setup)}: no latency recorded`);
-      progress(
-        `${this.label(setup)} at ${formatCount(rate)} events/s: p50 ${sample.p50.toFixed(2)} ms, ` +
-          `p99 ${sample.p99.toFixed(2)} ms, last session p50 ${sample.lastP50.toFixed(2)} / p99 ${sample.lastP99.toFixed(2)} ms` +
-          `, server ${sample.serverCpuPct.toFixed(0)}%, clients ≤${sample.clientCpuPctMax.toFixed(0)}%, other ${sample.otherCpuPct.toFixed(0)}%` +
-          (incomplete > 0 ? `, ${incomplete} of ${expectedEvents} events incomplete` : ''),
-      );
-      return sample;
+      return await this.latencyWindow(setup, server, open, rate);
     } finally {
       await this.teardown(server);
     }
   }
+
+  /** The latency window on a server whose `open` sessions are connected (the scale phase's too). */
+  async latencyWindow(
+    setup: Setup,
+    server: ServerChild,
+    open: number,
+    rate: number,
+  ): Promise<LatencySample> {
+    await server.request({ type: 'load-rate', rate }, 'load-started');
+    await sleep(this.options.warmupS * 1000);
+    const s0 = await this.snapshots(server);
+    // Recording starts with events published a little later, so every client is recording
+    // by the time they arrive.
+    const fromSeq = s0.server.nextSeq + Math.ceil(rate * 0.1);
+    await Promise.all(
+      this.clients.map((c) => c.request({ type: 'latency-start', fromSeq }, 'latency-started')),
+    );
+    await sleep(this.options.latencyDurationS * 1000);
+    const s1 = await this.snapshots(server);
+    const stopped = await server.request({ type: 'stop-load' }, 'load-stopped');
+    await sleep(500);
+    const reports = await Promise.all(
+      this.clients.map((c) => c.request({ type: 'latency-report' }, 'latency-report')),
+    );
+    const buckets = new Map<number, number>();
+    const perEvent = new Map<number, { max: number; sessions: number }>();
+    let deliveries = 0;
+    for (const { report } of reports) {
+      deliveries += report.deliveries;
+      for (const [i, count] of report.buckets) buckets.set(i, (buckets.get(i) ?? 0) + count);
+      for (const [seq, max, sessions] of report.perEvent) {
+        if (seq < fromSeq || seq > stopped.lastSeq) continue;
+        const e = perEvent.get(seq);
+        if (e === undefined) perEvent.set(seq, { max, sessions });
+        else {
+          e.sessions += sessions;
+          e.max = Math.max(e.max, max);
+        }
+      }
+    }
+    const expectedEvents = Math.max(0, stopped.lastSeq - fromSeq + 1);
+    let incomplete = expectedEvents - perEvent.size;
+    const lastLatencies: number[] = [];
+    for (const e of perEvent.values()) {
+      if (e.sessions < open) incomplete++;
+      lastLatencies.push(e.max);
+    }
+    const t = throughputSample(s0, s1, open, []);
+    const sample: LatencySample = {
+      p50: histogramQuantile(buckets, 0.5) / 1000,
+      p99: histogramQuantile(buckets, 0.99) / 1000,
+      lastP50: quantile(lastLatencies, 0.5) / 1000,
+      lastP99: quantile(lastLatencies, 0.99) / 1000,
+      achievedRate:
+        (s1.server.published - s0.server.published) /
+        ((s1.server.timeMs - s0.server.timeMs) / 1000),
+      incompleteEvents: incomplete,
+      clientCpuPctMax: t.clientCpuPctMax,
+      serverCpuPct: t.serverCpuPct,
+      otherCpuPct: t.otherCpuPct,
+    };
+    if (!(deliveries > 0)) this.failures.push(`${this.label(setup)}: no latency recorded`);
+    progress(
+      `${this.label(setup)} at ${formatCount(rate)} events/s: p50 ${sample.p50.toFixed(2)} ms, ` +
+        `p99 ${sample.p99.toFixed(2)} ms, last session p50 ${sample.lastP50.toFixed(2)} / p99 ${sample.lastP99.toFixed(2)} ms` +
+        `, server ${sample.serverCpuPct.toFixed(0)}%, clients ≤${sample.clientCpuPctMax.toFixed(0)}%, other ${sample.otherCpuPct.toFixed(0)}%` +
+        (incomplete > 0 ? `, ${incomplete} of ${expectedEvents} events incomplete` : ''),
+    );
+    return sample;
+  }
 }
 
 /** The server's, the clients' and the machine's counters at one instant. */
-interface Snapshots {
+export interface Snapshots {
   server: ServerSnapshot;
   clients: ClientSnapshot[];
   machine: { busy: number; total: number } | undefined;
@@ -335,6 +399,8 @@ export interface ThroughputSample {
   systemUsPerDelivery: number;
   serverCpuPct: number;
   clientCpuPctMax: number;
+  /** Every client child's CPU together, % of one core. */
+  clientCpuPctSum: number;
   dropped: number;
   /** Turns in which the load generator waited for backlogged sessions. */
   backlogWaits: number;
@@ -366,7 +432,8 @@ export interface LatencySample {
   otherCpuPct: number;
 }
 
-function throughputSample(
+/** Reduces the counters before and after a window to one sample. */
+export function throughputSample(
   s0: Snapshots,
   s1: Snapshots,
   readingSessions: number,
@@ -403,6 +470,7 @@ function throughputSample(
     systemUsPerDelivery: (s1.server.cpuSystemUs - s0.server.cpuSystemUs) / Math.max(1, deliveries),
     serverCpuPct,
     clientCpuPctMax,
+    clientCpuPctSum,
     machineCpuPct,
     otherCpuPct: Math.max(0, machineCpuPct - serverCpuPct - clientCpuPctSum),
     dropped: s1.server.dropped - s0.server.dropped,

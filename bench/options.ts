@@ -21,7 +21,10 @@ export const USAGE = `Usage: tsx bench/run.ts [flags]
   --batch N             events per burst (per event-loop turn) at maximum load (default 10)
   --high-water BYTES    a session is backlogged past this many bytes waiting (default 65536)
   --modes LIST          modes to run (default ${MODES.join(',')})
-  --phases LIST         throughput,latency,work,slow,history,sse (default all)
+  --phases LIST         throughput,latency,work,slow,history,sse,scale (default all but scale;
+                        --smoke: all, scale at 1000 sessions)
+  --scale-sizes LIST    idle sessions of the scale phase (default 10000,50000,100000)
+  --scale-fanout LIST   of those, the sizes also loaded (fan-out, latency) (default 10000,50000)
   --work-sessions N     sessions of the per-session work, slow and history runs (default: first of --sessions)
   --sse-sessions N      sessions of the sse phase, each transport (default 1000; --smoke: 50)
   --replay-events N     events replayed to one resuming session in the history phase (default 10000)
@@ -31,7 +34,7 @@ export const USAGE = `Usage: tsx bench/run.ts [flags]
   --help`;
 
 /** The phases of a run, in the order they run. */
-export const PHASES = ['throughput', 'latency', 'work', 'slow', 'history', 'sse'] as const;
+export const PHASES = ['throughput', 'latency', 'work', 'slow', 'history', 'sse', 'scale'] as const;
 /** One phase of a run (`--phases`). */
 export type Phase = (typeof PHASES)[number];
 
@@ -54,6 +57,10 @@ export interface Options {
   sseSessions: number;
   /** Events replayed to the resuming session of the history phase. */
   replayEvents: number;
+  /** Idle sessions of the scale phase, ascending. */
+  scaleSizes: number[];
+  /** The scale sizes at which the fan-out is also measured. */
+  scaleFanout: number[];
   profile: boolean;
   out: string;
   /** A latest.json to render again instead of measuring. */
@@ -97,6 +104,8 @@ export function parseOptions(argv: string[]): Options {
       'work-sessions': { type: 'string' },
       'replay-events': { type: 'string' },
       'sse-sessions': { type: 'string' },
+      'scale-sizes': { type: 'string' },
+      'scale-fanout': { type: 'string' },
       profile: { type: 'boolean', default: false },
       out: { type: 'string' },
       render: { type: 'string' },
@@ -116,7 +125,20 @@ export function parseOptions(argv: string[]): Options {
       : [1000, 5000];
   const modes = (values.modes ? list(values.modes) : [...MODES]) as Mode[];
   for (const m of modes) if (!ALL_MODES.includes(m)) throw new Error(`unknown mode ${m}`);
-  const phases = (values.phases ? list(values.phases) : [...PHASES]) as Phase[];
+  // The scale phase holds up to 100,000 sessions for minutes: only when asked for, or in the
+  // smoke run at a size that takes seconds (so that it cannot rot).
+  const phases = (
+    values.phases ? list(values.phases) : PHASES.filter((p) => smoke || p !== 'scale')
+  ) as Phase[];
+  const sizes = (name: string, value: string | undefined, fallback: number[]): number[] =>
+    (value ? list(value).map((s) => Math.round(positive(name, s, 0))) : fallback).sort(
+      (a, b) => a - b,
+    );
+  const scaleSizes = sizes(
+    'scale-sizes',
+    values['scale-sizes'],
+    smoke ? [1000] : [10_000, 50_000, 100_000],
+  );
   for (const p of phases) if (!PHASES.includes(p)) throw new Error(`unknown phase ${p}`);
   return {
     smoke,
@@ -138,6 +160,8 @@ export function parseOptions(argv: string[]): Options {
       positive('sse-sessions', values['sse-sessions'], smoke ? (sessions[0] ?? 50) : 1000),
     ),
     replayEvents: Math.round(positive('replay-events', values['replay-events'], 10_000)),
+    scaleSizes,
+    scaleFanout: sizes('scale-fanout', values['scale-fanout'], smoke ? [1000] : [10_000, 50_000]),
     profile: values.profile === true,
     // A smoke run never overwrites the full run's figures (the ones the README shows).
     out:

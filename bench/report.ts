@@ -4,6 +4,7 @@
  * written by hand so the benchmark needs no dependency.
  */
 import { MODE_LABELS, MODES, VARIANTS, type Mode, type Variant } from './common.js';
+import type { ScaleFigures } from './scale-report.js';
 
 /** Median and spread of the repetitions of one figure. */
 export interface Summary {
@@ -202,6 +203,8 @@ export interface BenchResults {
   history?: HistoryFigures;
   /** The sse phase's figures, when it ran. */
   sse?: SseFigures;
+  /** The scale phase (issue 15); written to scale.json and scale.md. */
+  scale?: ScaleFigures;
   targets: TargetCheck[];
   failures: string[];
 }

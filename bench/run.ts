@@ -28,6 +28,7 @@ import { Child, CLIENT_FILE, type ClientChild } from './children.js';
 import { Bench } from './measurement.js';
 import { parseOptions } from './options.js';
 import { historyPhase } from './phases/history.js';
+import { scalePhase } from './phases/scale.js';
 import { latencyPhase } from './phases/latency.js';
 import { slowPhase } from './phases/slow.js';
 import { ssePhase } from './phases/sse.js';
@@ -45,10 +46,34 @@ import {
   workRows,
   type BenchResults,
 } from './report.js';
+import { scaleFanoutRows, scaleMarkdown, scaleMemoryRows } from './scale-report.js';
 import { evaluateTargets } from './targets.js';
 
-/** Prints the tables and writes latest.json, latest.md and chart.svg. */
+/**
+ * Prints the tables and writes latest.json, latest.md and chart.svg, and scale.json and scale.md
+ * when the scale phase ran; a run of the scale phase alone writes only those, so that it never
+ * replaces the last full run's fan-out figures.
+ */
 function writeOutputs(results: BenchResults, out: string, command: string): void {
+  mkdirSync(out, { recursive: true });
+  const scale = results.scale;
+  if (scale !== undefined) {
+    console.log('\n' + textTable(scaleMemoryRows(scale)));
+    const fanout = scaleFanoutRows(scale);
+    if (fanout !== undefined) console.log('\n' + textTable(fanout));
+    writeFileSync(
+      `${out}/scale.json`,
+      JSON.stringify(
+        { environment: results.environment, options: results.options, scale },
+        null,
+        2,
+      ) + '\n',
+    );
+    writeFileSync(`${out}/scale.md`, scaleMarkdown(results, scale, command));
+    console.log(`written: ${out}/scale.json, scale.md`);
+    const phases = (results.options as { phases?: string[] }).phases ?? [];
+    if (phases.every((p) => p === 'scale')) return;
+  }
   console.log('');
   console.log(textTable(mainRows(results)));
   const work = workRows(results);
@@ -59,7 +84,6 @@ function writeOutputs(results: BenchResults, out: string, command: string): void
   if (sse !== undefined) console.log('\n' + textTable(sse));
   console.log('\n' + textTable(targetRows(results)));
   console.log(`\n${environmentLine(results)}; ${results.durationSeconds} s`);
-  mkdirSync(out, { recursive: true });
   writeFileSync(`${out}/latest.json`, JSON.stringify(results, null, 2) + '\n');
   writeFileSync(`${out}/latest.md`, markdownReport(results, command));
   writeFileSync(`${out}/chart.svg`, chartSvg(results));
@@ -73,7 +97,17 @@ async function main(): Promise<void> {
     const results = JSON.parse(readFileSync(options.render, 'utf8')) as BenchResults;
     results.targets = evaluateTargets(results);
     const smoke = (results.options as { smoke?: boolean }).smoke === true;
-    writeOutputs(results, options.out, smoke ? 'npm run bench:smoke' : 'npm run bench');
+    const phases = (results.options as { phases?: string[] }).phases ?? [];
+    const scaleOnly = phases.length > 0 && phases.every((p) => p === 'scale');
+    writeOutputs(
+      results,
+      options.out,
+      smoke
+        ? 'npm run bench:smoke'
+        : scaleOnly
+          ? 'npm run bench -- --phases scale'
+          : 'npm run bench',
+    );
     return;
   }
   const started = Date.now();
@@ -123,6 +157,8 @@ async function main(): Promise<void> {
     if (options.phases.includes('slow')) await slowPhase(bench, results);
     if (options.phases.includes('history')) await historyPhase(bench, results);
     if (options.phases.includes('sse')) await ssePhase(bench, results);
+    // Last: it holds the most sessions, and its client children are its own.
+    if (options.phases.includes('scale')) await scalePhase(bench, results);
   } finally {
     await stopAll();
   }
@@ -131,7 +167,10 @@ async function main(): Promise<void> {
   results.failures = bench.failures;
   results.durationSeconds = Math.round((Date.now() - started) / 1000);
 
-  writeOutputs(results, options.out, options.smoke ? 'npm run bench:smoke' : 'npm run bench');
+  const command = options.smoke
+    ? 'npm run bench:smoke'
+    : `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim().replace(/ --$/, '');
+  writeOutputs(results, options.out, command);
 
   if (bench.failures.length > 0) {
     console.error(`\nFAILED:\n  ${bench.failures.join('\n  ')}`);

@@ -12,6 +12,7 @@ import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { once } from 'node:events';
+import { readdirSync, readFileSync } from 'node:fs';
 import { writeHeapSnapshot } from 'node:v8';
 import express from 'express';
 import jaeger from 'jaeger-client';
@@ -33,6 +34,7 @@ import {
   nowUs,
   toParent,
   type ServerCommand,
+  type ServerLimits,
   type ServerSnapshot,
   type ServerSpec,
 } from './common.js';
@@ -54,6 +56,36 @@ interface Target {
 }
 
 const spec = JSON.parse(process.argv[2] ?? '{}') as ServerSpec;
+
+/**
+ * Errors of the listening servers: accept() failing past the file-descriptor limit (EMFILE) is
+ * what the scale phase looks for. Listened to on every mode's server, since an 'error' nobody
+ * listens to would end this process and hide how many sessions it held.
+ */
+let serverErrors = 0;
+let firstServerError: string | undefined;
+function watchErrors(server: Server): void {
+  server.on('error', (error: NodeJS.ErrnoException) => {
+    serverErrors++;
+    firstServerError ??= `${error.code ?? 'error'}: ${error.message}`;
+  });
+}
+
+/** The file descriptors this process holds and may hold (Linux; -1 elsewhere). */
+function limits(): ServerLimits {
+  let fds = -1;
+  let fdLimit = -1;
+  try {
+    fds = readdirSync('/proc/self/fd').length;
+    const line = readFileSync('/proc/self/limits', 'latin1')
+      .split('\n')
+      .find((l) => l.startsWith('Max open files'));
+    fdLimit = Number(line?.split(/\s{2,}/)[1] ?? -1);
+  } catch {
+    // Not Linux: the scale phase reports the limit as unknown.
+  }
+  return { fds, fdLimit, serverErrors, firstServerError };
+}
 const IDENTITY = 'task';
 const TYPE = 'create';
 
@@ -85,6 +117,7 @@ function countBacklogged(sockets: Iterable<Socket>, bytes: number, limit: number
 }
 
 async function listen(server: Server): Promise<number> {
+  watchErrors(server);
   server.listen(0, '127.0.0.1', 4096);
   await once(server, 'listening');
   return (server.address() as AddressInfo).port;
@@ -128,7 +161,8 @@ async function startPushwire(): Promise<{ target: Target; port: number }> {
   app.use('/api', push);
   push.attach(ews);
   await push.ready;
-  const server = app.listen(0, '127.0.0.1') as Server;
+  const server = app.listen(0, '127.0.0.1', 4096) as Server;
+  watchErrors(server);
   await once(server, 'listening');
   const sockets = trackUpgrades(server);
   let failures = 0;
@@ -420,6 +454,9 @@ async function main(): Promise<void> {
       case 'heap-snapshot':
         gc?.();
         toParent({ type: 'heap-snapshot', path: writeHeapSnapshot(message.path) });
+        break;
+      case 'limits':
+        toParent({ type: 'limits', limits: limits() });
         break;
       case 'fill-history': {
         const fill = target.fillHistory;
