@@ -13,7 +13,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { once } from 'node:events';
 import { readdirSync, readFileSync } from 'node:fs';
-import { writeHeapSnapshot } from 'node:v8';
+import { getHeapStatistics, writeHeapSnapshot } from 'node:v8';
 import express from 'express';
 import jaeger from 'jaeger-client';
 import { tracingPlugin } from '../plugins/tracing/index.js';
@@ -71,6 +71,19 @@ function watchErrors(server: Server): void {
   });
 }
 
+/**
+ * The RSS, or -1 when it cannot be read. Why not throw: Node reads it from /proc/self/stat, which
+ * takes a file descriptor, so at the open-file limit process.memoryUsage() throws EMFILE; the
+ * scale phase then reads /proc/<pid>/status from the orchestrator instead.
+ */
+function rss(): number {
+  try {
+    return process.memoryUsage.rss();
+  } catch {
+    return -1;
+  }
+}
+
 /** The file descriptors this process holds and may hold (Linux; -1 elsewhere). */
 function limits(): ServerLimits {
   let fds = -1;
@@ -92,11 +105,16 @@ const TYPE = 'create';
 /** Sockets of upgraded connections, to read what each has waiting (writableLength). */
 function trackUpgrades(server: Server): Set<Socket> {
   const sockets = new Set<Socket>();
+  // One listener for every socket: a once() wrapper and a closure per socket cost ~200 bytes
+  // each, which the scale phase charged to the server under test (issue 15).
+  function forget(this: Socket): void {
+    sockets.delete(this);
+  }
   // Listening to 'upgrade' next to the library's own listener sees every WebSocket socket.
   server.on('upgrade', (_req: IncomingMessage, socket: Duplex) => {
     const s = socket as Socket;
     sockets.add(s);
-    s.once('close', () => sockets.delete(s));
+    s.on('close', forget);
   });
   // And an event-stream request's socket is the stream's (pushwire-sse).
   server.on('request', (req: IncomingMessage) => {
@@ -285,12 +303,18 @@ async function startRaw(): Promise<{ target: Target; port: number }> {
     clientTracking: false,
   });
   const sockets = new Set<Socket>();
+  // Listeners shared by every session, none made per session: the practical limit of memory
+  // per session too (the scale phase compares the others with it).
+  const ignore = (): void => undefined;
+  function forget(this: Socket): void {
+    sockets.delete(this);
+  }
   server.on('upgrade', (req, socket, head) => {
     wss.handleUpgrade(req, socket, head, (ws) => {
       const s = socket as Socket;
       sockets.add(s);
-      ws.on('error', () => undefined);
-      ws.on('close', () => sockets.delete(s));
+      ws.on('error', ignore);
+      s.on('close', forget);
     });
   });
   const port = await listen(server);
@@ -395,7 +419,7 @@ async function main(): Promise<void> {
       cpuUs: cpu.user + cpu.system,
       cpuSystemUs: cpu.system,
       timeMs: nowMs(),
-      rss: process.memoryUsage.rss(),
+      rss: rss(),
       published,
       nextSeq: seq,
       dropped: target.dropped(),
@@ -409,8 +433,14 @@ async function main(): Promise<void> {
         // Twice: the first pass can leave garbage that only a second one frees.
         gc?.();
         gc?.();
-        const m = process.memoryUsage();
-        toParent({ type: 'memory', rss: m.rss, heapUsed: m.heapUsed, external: m.external });
+        // V8's own figures need no file descriptor (see rss()).
+        const heap = getHeapStatistics();
+        toParent({
+          type: 'memory',
+          rss: rss(),
+          heapUsed: heap.used_heap_size,
+          external: heap.external_memory,
+        });
         break;
       }
       case 'snapshot':
@@ -441,10 +471,7 @@ async function main(): Promise<void> {
       case 'rss-sampling':
         clearInterval(rssTimer);
         rssSamples.length = 0;
-        rssTimer = setInterval(
-          () => rssSamples.push([nowMs(), process.memoryUsage.rss()]),
-          message.intervalMs,
-        );
+        rssTimer = setInterval(() => rssSamples.push([nowMs(), rss()]), message.intervalMs);
         toParent({ type: 'rss-sampling' });
         break;
       case 'rss-samples':

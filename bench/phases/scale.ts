@@ -14,7 +14,7 @@
  * machine allows (prlimit).
  */
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { Child, CLIENT_FILE, progress, sleep, type ClientChild } from '../children.js';
 import type { Mode, ServerLimits } from '../common.js';
@@ -67,6 +67,21 @@ function raiseFdLimit(pid: number): number {
     }
   }
   return fdLimits(pid).soft;
+}
+
+/**
+ * A process's RSS in bytes, read from outside it (/proc/<pid>/status): at its open-file limit a
+ * process cannot read its own (Node opens /proc/self/stat for it, and gets EMFILE).
+ */
+function residentBytes(pid: number): number {
+  try {
+    const line = readFileSync(`/proc/${pid}/status`, 'latin1')
+      .split('\n')
+      .find((l) => l.startsWith('VmRSS:'));
+    return Number(line?.match(/\d+/)?.[0] ?? NaN) * 1024;
+  } catch {
+    return NaN;
+  }
 }
 
 /** Pins a process to one CPU (taskset), so that the load generator stays off the server's core. */
@@ -171,15 +186,25 @@ async function measureSize(
 ): Promise<ScaleRun> {
   const { server, port, path } = await bench.startServer(setup);
   try {
+    const pid = server.process.pid ?? 0;
     const before = await server.request({ type: 'memory' }, 'memory');
+    const rssBefore = residentBytes(pid);
     const outcome: ConnectOutcome = { failed: 0, firstError: undefined };
     const started = Date.now();
     const open = await bench.connect(setup, server, port, path, outcome);
     const connectSeconds = (Date.now() - started) / 1000;
     const { limits } = await server.request({ type: 'limits' }, 'limits');
+    // Counted from outside too: at its limit the server cannot open /proc/self/fd to count.
+    try {
+      limits.fds = readdirSync(`/proc/${pid}/fd`).length;
+      limits.fdLimit = fdLimits(pid).soft;
+    } catch {
+      // Not Linux: keep what the server said.
+    }
     // Let the handshakes' garbage become collectable (timers of the upgrade, the parser).
     await sleep(500);
     const after = await server.request({ type: 'memory' }, 'memory', 120_000);
+    const rssAfter = residentBytes(pid);
     const run: ScaleRun = {
       mode: setup.mode,
       size: setup.sessions,
@@ -189,9 +214,9 @@ async function measureSize(
       limits: limits satisfies ServerLimits,
       connectSeconds,
       connectPerSec: open / connectSeconds,
-      rssBeforeMiB: before.rss / 1024 / 1024,
-      rssAfterMiB: after.rss / 1024 / 1024,
-      rssPerSessionKiB: (after.rss - before.rss) / 1024 / Math.max(1, open),
+      rssBeforeMiB: rssBefore / 1024 / 1024,
+      rssAfterMiB: rssAfter / 1024 / 1024,
+      rssPerSessionKiB: (rssAfter - rssBefore) / 1024 / Math.max(1, open),
       heapPerSessionKiB: (after.heapUsed - before.heapUsed) / 1024 / Math.max(1, open),
       externalPerSessionKiB: (after.external - before.external) / 1024 / Math.max(1, open),
     };
