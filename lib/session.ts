@@ -169,8 +169,11 @@ export class ServerSession implements PushSession {
   /**
    * What the session keeps of its upgrade request: the headers and the socket. The request
    * itself (and what Express hung on it) is not kept, so an idle session costs a few KiB.
+   * The headers are kept as their JSON text, parsed when a plugin asks for one: an object with
+   * a string per header cost an idle session about twice the bytes of the headers themselves
+   * (issue 15's heap snapshots), and headers are read in the session phase, rarely after.
    */
-  readonly #headers: IncomingHttpHeaders;
+  readonly #headers: string;
   readonly #requestSocket: Partial<TLSSocket>;
   /** True when the client sent `enableErrors` (section 4). */
   readonly enableErrors: boolean;
@@ -241,7 +244,8 @@ export class ServerSession implements PushSession {
 
   constructor(init: SessionInit) {
     this.id = flatCopy(init.id);
-    this.#headers = init.request.headers;
+    // Flat: JSON.stringify builds long results as a tree of parts, each kept alive by it.
+    this.#headers = flatCopy(JSON.stringify(init.request.headers));
     this.#requestSocket = init.request.socket as Partial<TLSSocket>;
     this.enableErrors = init.query.has('enableErrors');
     this.#search = init.query.toString();
@@ -292,12 +296,16 @@ export class ServerSession implements PushSession {
   }
 
   header(name: string): string | undefined {
-    const value = this.#headers[name.toLowerCase()];
+    const headers = JSON.parse(this.#headers) as IncomingHttpHeaders;
+    const key = name.toLowerCase();
+    // Own headers only: the parsed copy inherits from Object.prototype (`constructor`…).
+    if (!Object.hasOwn(headers, key)) return undefined;
+    const value = headers[key];
     return Array.isArray(value) ? value.join(', ') : value;
   }
 
   cookie(name: string): string | undefined {
-    this.#cookies ??= parseCookies(this.#headers.cookie);
+    this.#cookies ??= parseCookies(this.header('cookie'));
     return this.#cookies.get(name);
   }
 
