@@ -12,30 +12,32 @@ const WS_OPEN = 1;
 const WS_CLOSED = 3;
 /** How long a policy close waits for the peer's answer before destroying the socket. */
 const POLICY_CLOSE_GRACE_MS = 1000;
-/** Where a WebSocket points back to its transport and session, for the shared listeners. */
+/**
+ * Where a WebSocket points back to its transport (which points to its session), for the shared
+ * listeners. The transport itself, not an object of both: one object less per idle session.
+ */
 const kBinding = Symbol('pushwire.binding');
 
-interface Binding<S> {
-  transport: WebSocketTransport;
-  session: S;
-}
-type BoundSocket<S> = WebSocket & { [kBinding]: Binding<S> };
+type BoundSocket<S> = WebSocket & { [kBinding]: WebSocketTransport<S> };
 
-/** The connection of one WebSocket session. */
-export class WebSocketTransport extends SocketTransport {
+/** The connection of one WebSocket session (`S`: the session it carries). */
+export class WebSocketTransport<S = unknown> extends SocketTransport {
   get name(): TransportName {
     return 'websocket';
   }
   readonly format: FrameFormat;
   /** The ws object, for the close handshake and pings. */
   readonly ws: WebSocket;
+  /** The session, for the listeners shared by every session's socket. */
+  readonly session: S;
   /** Keepalive: false after a ping until the pong arrives. */
   alive = true;
 
-  constructor(ws: WebSocket, socket: Socket, binary: boolean) {
+  constructor(ws: WebSocket, socket: Socket, binary: boolean, session: S) {
     // The raw socket frames are written to (ws writes nothing of ours: frames are prebuilt).
     super(socket);
     this.ws = ws;
+    this.session = session;
     this.format = binary ? FrameFormat.WebSocketMsgpack : FrameFormat.WebSocketJson;
   }
 
@@ -90,6 +92,17 @@ export class WebSocketTransport extends SocketTransport {
   }
 }
 
+/**
+ * Drops the peer address Node caches on a socket once something read `remoteAddress` (Express's
+ * `req.ip` does, for the session's clientIP): an object per session, for the session's whole
+ * life, that nothing reads again (the session keeps its clientIP). Node reads the address anew
+ * if asked later while the socket is open. A no-op on a Node without that cache.
+ */
+function forgetPeerName(socket: Socket): void {
+  const cached = socket as Socket & { _peername?: unknown };
+  if (cached._peername !== undefined) cached._peername = undefined;
+}
+
 /** What a WebSocket session's socket reports to the server. */
 export interface WebSocketSessionEvents<S> {
   /** A message arrived (a push config). */
@@ -108,14 +121,14 @@ export interface WebSocketSessionEvents<S> {
  */
 export function webSocketBinder<S>(
   events: WebSocketSessionEvents<S>,
-): (session: S, ws: WebSocket, socket: Socket, binary: boolean) => WebSocketTransport {
-  const binding = (ws: WebSocket): Binding<S> => (ws as BoundSocket<S>)[kBinding];
+): (session: S, ws: WebSocket, socket: Socket, binary: boolean) => WebSocketTransport<S> {
+  const binding = (ws: WebSocket): WebSocketTransport<S> => (ws as BoundSocket<S>)[kBinding];
   const listeners = {
     message(this: WebSocket, data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
       events.message(binding(this).session, data, isBinary);
     },
     pong(this: WebSocket): void {
-      binding(this).transport.alive = true;
+      binding(this).alive = true;
     },
     error(this: WebSocket, error: Error): void {
       events.error(binding(this).session, error);
@@ -125,8 +138,9 @@ export function webSocketBinder<S>(
     },
   };
   return (session, ws, socket, binary) => {
-    const transport = new WebSocketTransport(ws, socket, binary);
-    (ws as BoundSocket<S>)[kBinding] = { transport, session };
+    const transport = new WebSocketTransport(ws, socket, binary, session);
+    (ws as BoundSocket<S>)[kBinding] = transport;
+    forgetPeerName(socket);
     ws.on('message', listeners.message);
     ws.on('pong', listeners.pong);
     ws.on('error', listeners.error);
