@@ -82,7 +82,14 @@ export type ServerCommand =
 /** Server child → orchestrator. */
 export type ServerReply =
   | { type: 'ready'; port: number; path: string }
-  | { type: 'memory'; rss: number; heapUsed: number; external: number }
+  | {
+      type: 'memory';
+      rss: number;
+      heapUsed: number;
+      /** V8's committed heap: heapUsed plus free space in its pages (fragmentation, slack). */
+      heapTotal: number;
+      external: number;
+    }
   | { type: 'snapshot'; snapshot: ServerSnapshot }
   | { type: 'sessions'; count: number }
   | { type: 'load-started' }

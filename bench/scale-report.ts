@@ -29,6 +29,8 @@ export interface ScaleRun {
   /** Idle RSS, V8 heap and external memory per open session, after GC, KiB. */
   rssPerSessionKiB: number;
   heapPerSessionKiB: number;
+  /** V8's committed heap per session: heapPerSessionKiB plus the free space of its pages. */
+  heapTotalPerSessionKiB: number;
   externalPerSessionKiB: number;
   /** At the fan-out sizes: maximum load, then latency at half the raw loop's rate. */
   fanout?: ScaleFanout;
@@ -104,6 +106,7 @@ export function scaleMemoryRows(figures: ScaleFigures): { header: Row; rows: Row
     'connects/s',
     'RSS KiB/session (× raw)',
     'heap KiB/session (× raw)',
+    'committed heap KiB/session',
     'server RSS MiB',
     'server fds / limit',
     'what stopped it',
@@ -129,6 +132,7 @@ export function scaleMemoryRows(figures: ScaleFigures): { header: Row; rows: Row
         formatCount(run.connectPerSec),
         fixed(2)(run.rssPerSessionKiB) + ratio(figures, run, (r) => r.rssPerSessionKiB),
         fixed(2)(run.heapPerSessionKiB) + ratio(figures, run, (r) => r.heapPerSessionKiB),
+        fixed(2)(run.heapTotalPerSessionKiB),
         fixed(0)(run.rssAfterMiB),
         `${run.limits.fds} / ${run.limits.fdLimit}`,
         stopped,

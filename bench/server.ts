@@ -439,6 +439,7 @@ async function main(): Promise<void> {
           type: 'memory',
           rss: rss(),
           heapUsed: heap.used_heap_size,
+          heapTotal: heap.total_heap_size,
           external: heap.external_memory,
         });
         break;

@@ -218,6 +218,7 @@ async function measureSize(
       rssAfterMiB: rssAfter / 1024 / 1024,
       rssPerSessionKiB: (rssAfter - rssBefore) / 1024 / Math.max(1, open),
       heapPerSessionKiB: (after.heapUsed - before.heapUsed) / 1024 / Math.max(1, open),
+      heapTotalPerSessionKiB: (after.heapTotal - before.heapTotal) / 1024 / Math.max(1, open),
       externalPerSessionKiB: (after.external - before.external) / 1024 / Math.max(1, open),
     };
     progress(
