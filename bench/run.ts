@@ -94,7 +94,16 @@ function writeOutputs(results: BenchResults, out: string, command: string): void
 async function main(): Promise<void> {
   const options = parseOptions(process.argv.slice(2));
   if (options.render !== undefined) {
-    const results = JSON.parse(readFileSync(options.render, 'utf8')) as BenchResults;
+    // A scale.json holds only the environment, the options and the scale phase's figures.
+    const results: BenchResults = {
+      sessionCounts: [],
+      throughput: {},
+      latency: {},
+      targets: [],
+      failures: [],
+      durationSeconds: 0,
+      ...(JSON.parse(readFileSync(options.render, 'utf8')) as Partial<BenchResults>),
+    } as BenchResults;
     results.targets = evaluateTargets(results);
     const smoke = (results.options as { smoke?: boolean }).smoke === true;
     const phases = (results.options as { phases?: string[] }).phases ?? [];

@@ -97,6 +97,19 @@ function ratio(
   return ` (${(a / b).toFixed(2)}×)`;
 }
 
+/**
+ * The RSS each session added between the previous size this mode reached and this one, KiB:
+ * the slope, without what a process pays once (code, the young generation's pages), which
+ * the per-session figure of a small size still carries. What a larger size will cost.
+ */
+export function marginalRssKiB(figures: ScaleFigures, run: ScaleRun): number {
+  const previous = figures.runs
+    .filter((r) => r.mode === run.mode && r.open < run.open)
+    .sort((a, b) => b.open - a.open)[0];
+  if (previous === undefined) return NaN;
+  return ((run.rssAfterMiB - previous.rssAfterMiB) * 1024) / (run.open - previous.open);
+}
+
 /** The memory and connect table: one row per size and mode. */
 export function scaleMemoryRows(figures: ScaleFigures): { header: Row; rows: Row[] } {
   const header: Row = [
@@ -105,6 +118,7 @@ export function scaleMemoryRows(figures: ScaleFigures): { header: Row; rows: Row
     'open',
     'connects/s',
     'RSS KiB/session (× raw)',
+    'marginal RSS KiB/session (× raw)',
     'heap KiB/session (× raw)',
     'committed heap KiB/session',
     'server RSS MiB',
@@ -131,6 +145,8 @@ export function scaleMemoryRows(figures: ScaleFigures): { header: Row; rows: Row
         String(run.open),
         formatCount(run.connectPerSec),
         fixed(2)(run.rssPerSessionKiB) + ratio(figures, run, (r) => r.rssPerSessionKiB),
+        fixed(2)(marginalRssKiB(figures, run)) +
+          ratio(figures, run, (r) => marginalRssKiB(figures, r)),
         fixed(2)(run.heapPerSessionKiB) + ratio(figures, run, (r) => r.heapPerSessionKiB),
         fixed(2)(run.heapTotalPerSessionKiB),
         fixed(0)(run.rssAfterMiB),
@@ -190,7 +206,8 @@ export function scaleMarkdown(
       `${figures.pinned}; open-file limit asked ${figures.fdLimitWanted}, got ` +
       `${figures.fdLimitServer} (server) and ${figures.fdLimitClients} (clients).`,
     '',
-    'Memory: RSS and V8 heap after two forced GCs, after connecting, minus before, per open session. ' +
+    'Memory: RSS and V8 heap after two forced GCs, after connecting, minus before, per open session; ' +
+      'marginal RSS: what each session added since the smaller size (the slope, without one-off costs). ' +
       'Ratios in parentheses are to the raw `ws` loop at the same size, in the same run.',
     '',
     markdownTable(scaleMemoryRows(figures)),
