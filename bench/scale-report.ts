@@ -73,6 +73,10 @@ export interface ScaleFigures {
   fdLimitWanted: number;
   fdLimitServer: number;
   fdLimitClients: number;
+  /** The machine's 1-minute load average when the phase started and ended (others' work shows). */
+  loadAverage?: { start: number; end: number };
+  /** What the run's author added by hand (how loaded the machine was, before it was recorded). */
+  note?: string;
   runs: ScaleRun[];
 }
 
@@ -204,7 +208,10 @@ export function scaleMarkdown(
       `fresh server process; ${figures.clients} client processes, sockets spread over ` +
       `${figures.localAddresses[0]}–${figures.localAddresses[figures.localAddresses.length - 1]}; ` +
       `${figures.pinned}; open-file limit asked ${figures.fdLimitWanted}, got ` +
-      `${figures.fdLimitServer} (server) and ${figures.fdLimitClients} (clients).`,
+      `${figures.fdLimitServer} (server) and ${figures.fdLimitClients} (clients)` +
+      (figures.loadAverage === undefined
+        ? '.'
+        : `; load average ${fixed(1)(figures.loadAverage.start)} at the start, ${fixed(1)(figures.loadAverage.end)} at the end.`),
     '',
     'Memory: RSS and V8 heap after two forced GCs, after connecting, minus before, per open session; ' +
       'marginal RSS: what each session added since the smaller size (the slope, without one-off costs). ' +
@@ -212,6 +219,14 @@ export function scaleMarkdown(
     '',
     markdownTable(scaleMemoryRows(figures)),
   ];
+  if (figures.note !== undefined) parts.push('', figures.note);
+  const skipped = figures.sizes.filter((size) => !figures.runs.some((r) => r.size === size));
+  if (skipped.length > 0) {
+    parts.push(
+      '',
+      `Not attempted: ${skipped.join(', ')} sessions (every mode had stopped short of a smaller size).`,
+    );
+  }
   const fanout = scaleFanoutRows(figures);
   if (fanout !== undefined) {
     parts.push(

@@ -15,7 +15,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { cpus } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { Child, CLIENT_FILE, progress, sleep, type ClientChild } from '../children.js';
 import type { Mode, ServerLimits } from '../common.js';
 import {
@@ -131,6 +131,7 @@ export async function scalePhase(bench: Bench, results: BenchResults): Promise<v
     },
   });
 
+  const load = { start: loadavg()[0] ?? NaN, end: NaN };
   const figures: ScaleFigures = {
     sizes: options.scaleSizes,
     fanoutSizes: options.scaleFanout,
@@ -140,6 +141,7 @@ export async function scalePhase(bench: Bench, results: BenchResults): Promise<v
     fdLimitWanted: WANTED_FDS,
     fdLimitServer: -1,
     fdLimitClients: Math.min(...clientFdLimits),
+    loadAverage: load,
     runs: [],
   };
   /** Per mode, the size it could not reach: larger ones are not attempted. */
@@ -168,6 +170,7 @@ export async function scalePhase(bench: Bench, results: BenchResults): Promise<v
   } finally {
     await Promise.all(clients.map((c) => c.stop()));
   }
+  load.end = loadavg()[0] ?? NaN;
   figures.fdLimitServer = serverFdLimits.length > 0 ? Math.min(...serverFdLimits) : -1;
   bench.failures.push(...scale.failures);
   results.scale = figures;
