@@ -32,6 +32,11 @@ export interface ScaleRun {
   /** V8's committed heap per session: heapPerSessionKiB plus the free space of its pages. */
   heapTotalPerSessionKiB: number;
   externalPerSessionKiB: number;
+  /**
+   * Kernel slab memory per socket, KiB: the machine's slab growth while connecting over twice
+   * the sessions (both ends are local). Absent in runs made before it was recorded.
+   */
+  kernelPerSocketKiB?: number;
   /** At the fan-out sizes: maximum load, then latency at half the raw loop's rate. */
   fanout?: ScaleFanout;
 }
@@ -125,6 +130,7 @@ export function scaleMemoryRows(figures: ScaleFigures): { header: Row; rows: Row
     'marginal RSS KiB/session (× raw)',
     'heap KiB/session (× raw)',
     'committed heap KiB/session',
+    'kernel slab KiB/socket',
     'server RSS MiB',
     'server fds / limit',
     'what stopped it',
@@ -153,6 +159,7 @@ export function scaleMemoryRows(figures: ScaleFigures): { header: Row; rows: Row
           ratio(figures, run, (r) => marginalRssKiB(figures, r)),
         fixed(2)(run.heapPerSessionKiB) + ratio(figures, run, (r) => r.heapPerSessionKiB),
         fixed(2)(run.heapTotalPerSessionKiB),
+        fixed(2)(run.kernelPerSocketKiB),
         fixed(0)(run.rssAfterMiB),
         `${run.limits.fds} / ${run.limits.fdLimit}`,
         stopped,
