@@ -80,7 +80,7 @@ export interface ConnectTuning {
   /** A client child stops after this many failed connections in a row. */
   stopAfterFailures: number;
   /** Called with every server child once it is ready (CPU affinity, file-descriptor limit). */
-  onServer(server: ServerChild): Promise<void>;
+  onServer(server: ServerChild): void;
 }
 
 /** Connections that failed, when the caller counts them rather than failing the run. */
@@ -122,7 +122,7 @@ export class Bench {
       execArgv,
     );
     const ready = await server.expect('ready', 60_000);
-    await this.tuning?.onServer(server);
+    this.tuning?.onServer(server);
     return { server, port: ready.port, path: ready.path };
   }
 

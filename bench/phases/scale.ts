@@ -144,11 +144,10 @@ export async function scalePhase(bench: Bench, results: BenchResults): Promise<v
     localAddresses: LOCAL_ADDRESSES,
     concurrency: 128,
     stopAfterFailures: 200,
-    onServer: async (server) => {
+    onServer: (server) => {
       const pid = server.process.pid ?? 0;
       serverFdLimits.push(raiseFdLimit(pid));
       if (split) pinned = pin(pid, 0) && pinned;
-      await Promise.resolve();
     },
   });
 
