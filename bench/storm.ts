@@ -39,6 +39,7 @@ const USAGE = `Usage: npm run bench:storm -- [flags]
 
   --sessions N             clients (default 20000)
   --loadgens N             load-generator processes (default 2)
+  --workers N              server processes sharing the port (node:cluster; default 1)
   --backend B              jetstream | redis-streams (history) | nats | redis (none); default jetstream
   --scenarios LIST         server,broker (default both, in that order)
   --rate-limit M/MS|off    connectionRateLimitPlugin: M attempts per MS per address (default off)
@@ -56,6 +57,7 @@ const { values } = parseArgs({
   options: {
     sessions: { type: 'string', default: '20000' },
     loadgens: { type: 'string', default: '2' },
+    workers: { type: 'string', default: '1' },
     backend: { type: 'string', default: 'jetstream' },
     scenarios: { type: 'string', default: 'server,broker' },
     'rate-limit': { type: 'string', default: 'off' },
@@ -77,6 +79,7 @@ if (values.help) {
 
 const sessions = Number(values.sessions);
 const loadgens = Number(values.loadgens);
+const workers = Number(values.workers);
 const backend = values.backend as StormBackend;
 if (!['jetstream', 'redis-streams', 'nats', 'redis'].includes(backend)) {
   throw new TypeError(`--backend: ${backend} is not jetstream, redis-streams, nats or redis`);
@@ -120,8 +123,9 @@ async function until(condition: () => boolean, what: string, limit = timeoutMs):
 // ---------------------------------------------------------------------------------------------
 // Processes.
 
-// The server holds one descriptor per session, each load generator one per client.
-raiseOpenFileLimit(sessions + 1000);
+// A server process holds one descriptor per session, a load generator one per client (plus a
+// few hundred for the rest). Where the hard limit cannot be raised, more workers share the load.
+raiseOpenFileLimit(Math.ceil(sessions / Math.min(workers, loadgens)) + 500);
 
 const broker: Broker =
   backend === 'jetstream' || backend === 'nats'
@@ -136,6 +140,7 @@ const server = new StormServer({
   maxEvents: 100_000,
   ...(rateLimit ? { rateLimit } : {}),
   sampleMs: SAMPLE_MS,
+  workers,
 });
 const generators: LoadGenerator[] = [];
 
@@ -358,6 +363,7 @@ const results: StormResults = {
   options: {
     sessions,
     loadgens,
+    workers,
     backend,
     rateLimit: rateLimit ?? null,
     clientsPerAddress: Number(values['clients-per-address']),
@@ -374,7 +380,7 @@ const results: StormResults = {
 try {
   await server.start();
   progress(
-    `server on :${server.config.port}${rateLimit ? `, rate limit ${rateLimit.maxAttempts}/${rateLimit.intervalMs} ms` : ''}`,
+    `server on :${server.config.port}, ${workers} process(es)${rateLimit ? `, rate limit ${rateLimit.maxAttempts}/${rateLimit.intervalMs} ms` : ''}`,
   );
   const per = Math.ceil(sessions / loadgens);
   for (let i = 0; i < loadgens; i++) {

@@ -27,6 +27,8 @@ export interface StormServerConfig {
   rateLimit?: { maxAttempts: number; intervalMs: number };
   /** How often the server samples itself, in ms. */
   sampleMs: number;
+  /** node:cluster workers sharing the port; default 1 (no cluster). */
+  workers?: number;
 }
 
 /** One sample of the server child, taken every `sampleMs`. */

@@ -22,13 +22,23 @@ const CLIENTS_FILE = fileURLToPath(new URL('./clients.ts', import.meta.url));
 /** Every child still running, killed when this process exits however it exits. */
 const running = new Set<ChildProcess>();
 process.once('exit', () => {
-  for (const child of running) child.kill('SIGKILL');
+  for (const child of running) killGroup(child);
 });
 
-function forkChild(file: string, argument: unknown, execArgv: string[] = []): ChildProcess {
+/** SIGKILLs a child and, when it leads a process group of its own (a cluster), its workers. */
+function killGroup(child: ChildProcess): void {
+  try {
+    if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+  } catch {
+    child.kill('SIGKILL'); // not a group leader
+  }
+}
+
+function forkChild(file: string, argument: unknown, detached = false): ChildProcess {
   const child = fork(file, [JSON.stringify(argument)], {
     cwd: REPO_ROOT,
-    execArgv: ['--import', 'tsx', ...execArgv],
+    detached,
+    execArgv: ['--import', 'tsx'],
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   running.add(child);
@@ -95,7 +105,8 @@ export class StormServer {
 
   /** Forks the server; resolves once it listens, rejects when it exits or fails first. */
   async start(timeoutMs = 60_000): Promise<void> {
-    const child = forkChild(SERVER_FILE, this.config);
+    // Its own process group, so that a SIGKILL takes its cluster workers down at the same instant.
+    const child = forkChild(SERVER_FILE, this.config, true);
     this.#child = child;
     this.#lastOfThisRun = undefined;
     this.#killing = false;
@@ -130,10 +141,10 @@ export class StormServer {
     });
   }
 
-  /** SIGKILLs the server (a crash: no close frames) and waits for its exit. */
+  /** SIGKILLs the server and its workers (a crash: no close frames) and waits for its exit. */
   async kill(): Promise<void> {
     this.#killing = true;
-    this.#child?.kill('SIGKILL');
+    if (this.#child) killGroup(this.#child);
     await this.#exit;
   }
 

@@ -49,6 +49,7 @@ export interface StormResults {
   options: {
     sessions: number;
     loadgens: number;
+    workers: number;
     backend: string;
     rateLimit: { maxAttempts: number; intervalMs: number } | null;
     clientsPerAddress: number;
@@ -92,7 +93,7 @@ export function stormMarkdown(r: StormResults): string {
   const lines = [
     `# Reconnect storm: ${o.sessions.toLocaleString('en')} sessions, ${o.backend}`,
     '',
-    `\`${r.command}\` — ${r.date}; ${o.loadgens} load generators, ${o.clientsPerAddress} clients per source address, ` +
+    `\`${r.command}\` — ${r.date}; ${o.workers === 1 ? 'one server process' : `${o.workers} server processes (node:cluster, one port)`}, ${o.loadgens} load generators, ${o.clientsPerAddress} clients per source address, ` +
       `rate limit ${o.rateLimit ? `${o.rateLimit.maxAttempts} attempts / ${o.rateLimit.intervalMs} ms per address` : 'off'}, ` +
       `down ${o.downMs} ms, ${o.publishRate} events/s published throughout, client backoff ${o.minDelay}–${o.maxDelay} ms; ` +
       `load average at start ${r.machine.loadavgAtStart.join(' / ')}.`,
@@ -231,7 +232,7 @@ export function stormSvg(r: StormResults): string {
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="system-ui, sans-serif">`,
     `<rect width="${width}" height="${height}" fill="#fff"/>`,
     `<text x="10" y="20" font-size="15" font-weight="700">${escapeXml(
-      `Reconnect storm: ${r.options.sessions.toLocaleString('en')} sessions, ${r.options.backend}, rate limit ${r.options.rateLimit ? `${r.options.rateLimit.maxAttempts}/${r.options.rateLimit.intervalMs} ms` : 'off'}`,
+      `Reconnect storm: ${r.options.sessions.toLocaleString('en')} sessions, ${r.options.workers === 1 ? 'one server process' : `${r.options.workers} server workers`}, ${r.options.backend}, rate limit ${r.options.rateLimit ? `${r.options.rateLimit.maxAttempts}/${r.options.rateLimit.intervalMs} ms` : 'off'}`,
     )}</text>`,
   ];
   const server = r.timeline?.server ?? [];
