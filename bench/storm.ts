@@ -45,11 +45,11 @@ const USAGE = `Usage: npm run bench:storm -- [flags]
   --rate-limit M/MS|off    connectionRateLimitPlugin: M attempts per MS per address (default off)
   --clients-per-address N  clients sharing a source address 127.0.x.y (default 20)
   --down-ms MS             how long the server or broker stays down (default 3000)
-  --publish-rate N         events/s published through the broker the whole time (default 2)
+  --publish-rate N         events/s published through the broker the whole time (default 1)
   --min-delay MS           the clients' minDelay (default 500, the client's default)
   --max-delay MS           the clients' maxDelay (default 30000, the client's default)
   --ramp N                 clients started per second at the first connection (default 2000)
-  --timeout-ms MS          the most any phase may take (default 300000)
+  --timeout-ms MS          the most any phase may take (default 600000)
   --out PREFIX             results prefix (default bench/results/storm)
   --help`;
 
@@ -63,11 +63,11 @@ const { values } = parseArgs({
     'rate-limit': { type: 'string', default: 'off' },
     'clients-per-address': { type: 'string', default: '20' },
     'down-ms': { type: 'string', default: '3000' },
-    'publish-rate': { type: 'string', default: '2' },
+    'publish-rate': { type: 'string', default: '1' },
     'min-delay': { type: 'string', default: '500' },
     'max-delay': { type: 'string', default: '30000' },
     ramp: { type: 'string', default: '2000' },
-    'timeout-ms': { type: 'string', default: '300000' },
+    'timeout-ms': { type: 'string', default: '600000' },
     out: { type: 'string', default: 'bench/results/storm' },
     help: { type: 'boolean', default: false },
   },
@@ -103,6 +103,8 @@ const TOPIC = 'storm';
 const SAMPLE_MS = 100;
 
 const began = Date.now();
+// Ctrl-C or a SIGTERM: exit through 'exit', whose handlers kill the children and the broker.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(130));
 function progress(line: string): void {
   const s = Math.round((Date.now() - began) / 1000);
   console.log(
@@ -113,11 +115,27 @@ function progress(line: string): void {
 /** Polls `condition` every 100 ms until it holds; throws `what` after `timeoutMs`. */
 async function until(condition: () => boolean, what: string, limit = timeoutMs): Promise<void> {
   const deadline = Date.now() + limit;
+  let nextLine = Date.now() + 10_000;
   while (!condition()) {
     failFast();
-    if (Date.now() > deadline) throw new Error(`timed out after ${limit} ms: ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out after ${limit} ms: ${what}; ${state()}`);
+    // A long wait says where it stands, so that a stuck storm shows what is stuck.
+    if (Date.now() >= nextLine) {
+      progress(`waiting for ${what}: ${state()}`);
+      nextLine += 10_000;
+    }
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
+}
+
+/** Where the storm stands: the server's last sample and the clients' totals. */
+function state(): string {
+  const last = server.last;
+  return (
+    `server ${last ? `${last.sessions} sessions, ${last.configured} configured, ${last.recoveries} recoveries (${last.recoveriesFailed} failed), loop delay ${Math.round(last.loopDelayMax)} ms` : 'down'}; ` +
+    `clients ${sum((r) => r.started)} started, ${sum((r) => r.open)} open, ${sum((r) => r.connecting)} connecting, ${sum((r) => r.reopened)} reopened, ${sum((r) => r.recovered)} recovered (${sum((r) => r.recoveredFalse)} false), last seq ≥ ${minSeq()} of ${seq}, ` +
+    `${sum((r) => r.retries)} retries, refusals ${JSON.stringify(refusals())}`
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -377,6 +395,7 @@ const results: StormResults = {
   crashes: [],
 };
 
+let failure: unknown;
 try {
   await server.start();
   progress(
@@ -489,6 +508,10 @@ try {
   progress(
     `verification: ${v.complete}/${v.clients} complete, ${v.missing} missing, ${v.duplicates} duplicates, ${v.excluded} excluded events after the first connection (${v.excludedFirst} before), ${v.recoveries} recoveries (${v.recoveriesFalse} false)${v.example ? `; ${v.example}` : ''}`,
   );
+} catch (error) {
+  failure = error;
+  results.failure = String(error);
+  progress(`FAILED: ${String(error)}`);
 } finally {
   publishing = false;
   clearInterval(timelineTimer);
@@ -515,6 +538,7 @@ writeFileSync(`${values.out}.md`, stormMarkdown(results));
 writeFileSync(`${values.out}.svg`, stormSvg(results));
 progress(`wrote ${values.out}.json, .md, .svg`);
 const ok =
+  failure === undefined &&
   results.crashes.length === 0 &&
   results.verification !== undefined &&
   // Without history a reconnection has no `since` either, so neither loss nor excluded events count.

@@ -128,10 +128,16 @@ function start(index: number): void {
 }
 
 // The first connections are ramped, so that the storm measured is the reconnection's, not this.
+// Paced by the clock, not by ticks: a starved process's timers fire late and coalesce, and
+// counting ticks then slows the ramp to a crawl.
 let started = 0;
-const perTick = Math.max(1, Math.round(config.rampPerSecond / 100));
+const rampStart = Date.now();
 const ramp = setInterval(() => {
-  for (let i = 0; i < perTick && started < config.clients; i++) {
+  const due = Math.min(
+    config.clients,
+    Math.ceil(((Date.now() - rampStart) * config.rampPerSecond) / 1000),
+  );
+  while (started < due) {
     start(config.firstIndex + started);
     started++;
   }
@@ -140,12 +146,14 @@ const ramp = setInterval(() => {
 
 setInterval(() => {
   let open = 0;
+  let connecting = 0;
   let reopened = 0;
   let recovered = 0;
   let recoveredFalse = 0;
   let minSeq = started < config.clients ? -1 : Number.POSITIVE_INFINITY;
   for (const t of tracked) {
     if (t.client.state === 'open') open++;
+    else if (t.client.state === 'connecting') connecting++;
     if (t.reopened) reopened++;
     if (t.recovery === true) recovered++;
     if (t.recovery === false) recoveredFalse++;
@@ -155,7 +163,9 @@ setInterval(() => {
     type: 'report',
     report: {
       t: Date.now(),
+      started,
       open,
+      connecting,
       reopened,
       recovered,
       recoveredFalse,

@@ -92,8 +92,11 @@ export type LoadCommand =
 /** A load generator's periodic report; "since mark" counts reset on every mark. */
 export interface LoadReport {
   t: number;
-  /** Clients whose socket is open now. */
+  /** Clients created so far (the first connections are ramped). */
+  started: number;
+  /** Clients whose socket is open now, and those opening one (not waiting to retry). */
   open: number;
+  connecting: number;
   /** Clients that opened at least once since the mark. */
   reopened: number;
   /** Clients whose last recovery frame since the mark said recovered: true / false. */

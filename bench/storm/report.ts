@@ -73,6 +73,8 @@ export interface StormResults {
     example?: string;
   };
   crashes: string[];
+  /** Why the run stopped early, if it did. */
+  failure?: string;
   timeline?: {
     server: Array<{
       t: number;
