@@ -40,6 +40,7 @@ const USAGE = `Usage: npm run bench:storm -- [flags]
   --sessions N             clients (default 20000)
   --loadgens N             load-generator processes (default 2)
   --workers N              server processes sharing the port (node:cluster; default 1)
+  --sched rr|none          how the workers share connections (default none: every worker accepts)
   --backend B              jetstream | redis-streams (history) | nats | redis (none); default jetstream
   --scenarios LIST         server,broker (default both, in that order)
   --rate-limit M/MS|off    connectionRateLimitPlugin: M attempts per MS per address (default off)
@@ -58,6 +59,7 @@ const { values } = parseArgs({
     sessions: { type: 'string', default: '20000' },
     loadgens: { type: 'string', default: '2' },
     workers: { type: 'string', default: '1' },
+    sched: { type: 'string', default: 'none' },
     backend: { type: 'string', default: 'jetstream' },
     scenarios: { type: 'string', default: 'server,broker' },
     'rate-limit': { type: 'string', default: 'off' },
@@ -159,6 +161,7 @@ const server = new StormServer({
   ...(rateLimit ? { rateLimit } : {}),
   sampleMs: SAMPLE_MS,
   workers,
+  scheduling: values.sched === 'rr' ? 'rr' : 'none',
 });
 const generators: LoadGenerator[] = [];
 
@@ -382,6 +385,7 @@ const results: StormResults = {
     sessions,
     loadgens,
     workers,
+    scheduling: values.sched === 'rr' ? 'rr' : 'none',
     backend,
     rateLimit: rateLimit ?? null,
     clientsPerAddress: Number(values['clients-per-address']),

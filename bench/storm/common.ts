@@ -29,6 +29,11 @@ export interface StormServerConfig {
   sampleMs: number;
   /** node:cluster workers sharing the port; default 1 (no cluster). */
   workers?: number;
+  /**
+   * How the workers share connections: `rr`, the primary accepts and hands each to a worker in
+   * turn (Node's default on Linux), or `none`, every worker accepts from the shared socket.
+   */
+  scheduling?: 'rr' | 'none';
 }
 
 /** One sample of the server child, taken every `sampleMs`. */

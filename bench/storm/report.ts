@@ -50,6 +50,7 @@ export interface StormResults {
     sessions: number;
     loadgens: number;
     workers: number;
+    scheduling: string;
     backend: string;
     rateLimit: { maxAttempts: number; intervalMs: number } | null;
     clientsPerAddress: number;
@@ -95,7 +96,7 @@ export function stormMarkdown(r: StormResults): string {
   const lines = [
     `# Reconnect storm: ${o.sessions.toLocaleString('en')} sessions, ${o.backend}`,
     '',
-    `\`${r.command}\` — ${r.date}; ${o.workers === 1 ? 'one server process' : `${o.workers} server processes (node:cluster, one port)`}, ${o.loadgens} load generators, ${o.clientsPerAddress} clients per source address, ` +
+    `\`${r.command}\` — ${r.date}; ${o.workers === 1 ? 'one server process' : `${o.workers} server processes (node:cluster, one port, scheduling ${o.scheduling})`}, ${o.loadgens} load generators, ${o.clientsPerAddress} clients per source address, ` +
       `rate limit ${o.rateLimit ? `${o.rateLimit.maxAttempts} attempts / ${o.rateLimit.intervalMs} ms per address` : 'off'}, ` +
       `down ${o.downMs} ms, ${o.publishRate} events/s published throughout, client backoff ${o.minDelay}–${o.maxDelay} ms; ` +
       `load average at start ${r.machine.loadavgAtStart.join(' / ')}.`,

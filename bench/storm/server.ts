@@ -165,6 +165,9 @@ function lead(workers: number): void {
     );
     process.exit(1);
   });
+  // Under a storm the round-robin primary hands out one connection per worker per round trip,
+  // and busy workers answer late: `none` lets every worker accept by itself.
+  cluster.schedulingPolicy = config.scheduling === 'none' ? cluster.SCHED_NONE : cluster.SCHED_RR;
   for (let i = 0; i < workers; i++) cluster.fork();
   process.on('disconnect', () => process.exit(0));
   process.once('SIGTERM', () => {
