@@ -15,6 +15,7 @@
  */
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
+import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pushMiddleware, type PubSubClient } from '../lib/index.js';
 import { freePort, startNats, startRedis, type Broker } from '../test/helpers/brokers.js';
@@ -52,6 +53,7 @@ const USAGE = `Usage: npm run bench:storm -- [flags]
   --ramp N                 clients started per second at the first connection (default 2000)
   --timeout-ms MS          the most any phase may take (default 600000)
   --out PREFIX             results prefix (default bench/results/storm)
+  --render FILE            measure nothing: write <out>.md and <out>.svg again from a storm.json
   --help`;
 
 const { values } = parseArgs({
@@ -71,11 +73,18 @@ const { values } = parseArgs({
     ramp: { type: 'string', default: '2000' },
     'timeout-ms': { type: 'string', default: '600000' },
     out: { type: 'string', default: 'bench/results/storm' },
+    render: { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
 if (values.help) {
   console.log(USAGE);
+  process.exit(0);
+}
+if (values.render !== undefined) {
+  const saved = JSON.parse(readFileSync(values.render, 'utf8')) as StormResults;
+  writeFileSync(`${values.out}.md`, stormMarkdown(saved, `${basename(values.out)}.svg`));
+  writeFileSync(`${values.out}.svg`, stormSvg(saved));
   process.exit(0);
 }
 
@@ -538,7 +547,7 @@ try {
 }
 
 writeFileSync(`${values.out}.json`, `${JSON.stringify(results, null, 1)}\n`);
-writeFileSync(`${values.out}.md`, stormMarkdown(results));
+writeFileSync(`${values.out}.md`, stormMarkdown(results, `${basename(values.out)}.svg`));
 writeFileSync(`${values.out}.svg`, stormSvg(results));
 progress(`wrote ${values.out}.json, .md, .svg`);
 const ok =

@@ -91,7 +91,7 @@ export interface StormResults {
 const s = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
 
 /** The Markdown report: one table per scenario, the verification, the run's conditions. */
-export function stormMarkdown(r: StormResults): string {
+export function stormMarkdown(r: StormResults, svgName = 'storm.svg'): string {
   const o = r.options;
   const lines = [
     `# Reconnect storm: ${o.sessions.toLocaleString('en')} sessions, ${o.backend}`,
@@ -148,7 +148,7 @@ export function stormMarkdown(r: StormResults): string {
     r.crashes.length === 0 ? 'The server never crashed.' : `Crashes: ${r.crashes.join('; ')}`,
     '',
   );
-  lines.push('![sessions during the storm](storm.svg)', '');
+  lines.push(`![sessions during the storm](${svgName})`, '');
   return lines.join('\n');
 }
 
@@ -207,12 +207,13 @@ function panel(
   out.push(
     `<text x="${left + width / 2}" y="${top + height + 28}" font-size="10" text-anchor="middle">seconds from the SIGKILL</text>`,
   );
-  for (const m of markers) {
+  markers.forEach((m, i) => {
+    // Staggered: the kill and the restart can be a few pixels apart.
     out.push(
       `<line x1="${px(m.x)}" x2="${px(m.x)}" y1="${top}" y2="${top + height}" stroke="#999" stroke-dasharray="3,3"/>`,
-      `<text x="${px(m.x) + 3}" y="${top + 10}" font-size="9" fill="#666">${escapeXml(m.label)}</text>`,
+      `<text x="${px(m.x) + 3}" y="${top + 10 + i * 11}" font-size="9" fill="#666">${escapeXml(m.label)}</text>`,
     );
-  }
+  });
   series.forEach((s2, i) => {
     if (s2.points.length === 0) return;
     const d = s2.points
@@ -273,7 +274,8 @@ export function stormSvg(r: StormResults): string {
         points: win.map((p) => [rel(p.t), p.configured]),
       },
     ];
-    if (cwin.some((p) => p.recovered > 0)) {
+    // Recovery frames come only when clients reconnect: the server scenario.
+    if (sc.scenario === 'server' && cwin.some((p) => p.recovered > 0)) {
       sessionSeries.push({
         name: 'clients: recovered: true',
         color: '#d62728',
