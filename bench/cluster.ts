@@ -14,7 +14,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -24,7 +24,7 @@ import { NatsPubSub } from '../lib/pubsub/nats.js';
 import { freePort, startNats } from '../test/helpers/brokers.js';
 import { Child, CLIENT_FILE, progress } from './children.js';
 import { makeEntity, nowUs, type ClientCommand, type ClientReply } from './common.js';
-import { machineCpuMs, processCpuMs } from './storm/processes.js';
+import { childrenOf, machineCpuMs, processCpuMs } from './storm/processes.js';
 
 const USAGE = `Usage: npm run bench:cluster -- [flags]
 
@@ -74,20 +74,6 @@ interface Sample {
   machineBusyCores: number;
   /** Busy cores not accounted for by the server, the clients, this process or the broker. */
   othersCores: number;
-}
-
-/** The pids of a process's children (/proc/<pid>/task/<pid>/children). */
-function childrenOf(pid: number | undefined): number[] {
-  if (pid === undefined) return [];
-  try {
-    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
-      .trim()
-      .split(/\s+/)
-      .filter(Boolean)
-      .map(Number);
-  } catch {
-    return [];
-  }
 }
 
 /** Starts per-core.ts with `workers` workers; resolves once they all listen. */

@@ -29,6 +29,7 @@ import {
 } from './storm/common.js';
 import {
   LoadGenerator,
+  childrenOf,
   StormServer,
   machineCpuMs,
   processCpuMs,
@@ -265,6 +266,11 @@ const timelineTimer = setInterval(() => {
   }
 }, 250);
 
+/** CPU of the server: its process and, in a cluster, its workers. */
+function serverCpuMs(): number {
+  return [server.pid, ...childrenOf(server.pid)].reduce((a: number, p) => a + processCpuMs(p), 0);
+}
+
 interface CpuMark {
   at: number;
   machine: { busy: number; total: number };
@@ -273,19 +279,19 @@ interface CpuMark {
 function cpuMark(): CpuMark {
   const usage = process.cpuUsage();
   const ours =
-    processCpuMs(server.pid) +
+    serverCpuMs() +
     generators.reduce((a, g) => a + processCpuMs(g.child.pid), 0) +
     processCpuMs(brokerPid()) +
     (usage.user + usage.system) / 1000;
   return { at: Date.now(), machine: machineCpuMs(), ours };
 }
 /** The machine's busy share over a window, and the part not ours (other engineers' runs). */
-function cpuBetween(a: CpuMark, b: CpuMark, serverCpuMs: number): ScenarioResult['cpu'] {
+function cpuBetween(a: CpuMark, b: CpuMark, killedCpuMs: number): ScenarioResult['cpu'] {
   const wall = b.at - a.at;
   const cores = (b.machine.total - a.machine.total) / wall;
   const busy = (b.machine.busy - a.machine.busy) / wall;
-  // A killed server's CPU is gone from /proc at the end: it is added back, as read at the kill.
-  const ours = (b.ours - a.ours + serverCpuMs) / wall;
+  // A killed process's CPU is gone from /proc at the end: it is added back, as read at the kill.
+  const ours = (b.ours - a.ours + killedCpuMs) / wall;
   return {
     cores: round(cores, 2),
     machineBusyCores: round(busy, 2),
@@ -403,7 +409,7 @@ const results: StormResults = {
     minDelay: Number(values['min-delay']),
     maxDelay: Number(values['max-delay']),
   },
-  machine: { loadavgAtStart: loadavg().map((n) => round(n, 2)) },
+  machine: { loadavgAtStart: loadavg().map((n) => round(n, 2)), cpuAccounting: 2 },
   scenarios: [],
   crashes: [],
 };
@@ -444,12 +450,12 @@ try {
     await until(() => sum((r) => r.reopened) === 0, 'the load generators marked');
     const cpuStart = cpuMark();
     const t0 = Date.now();
-    let serverCpuLost = 0;
+    let serverCpuLost = 0; // of the process killed
     let tDown: number;
     let tUp: number;
     let seqAtUp: number;
     if (scenario === 'server') {
-      serverCpuLost = processCpuMs(server.pid); // gone from /proc once killed
+      serverCpuLost = serverCpuMs(); // gone from /proc once killed
       await server.kill();
       tDown = Date.now();
       progress(`server SIGKILLed; restarting in ${downMs} ms`);
@@ -464,6 +470,7 @@ try {
         'every session back with its config' + (history ? ' and recovered' : ''),
       );
     } else {
+      serverCpuLost = processCpuMs(brokerPid()); // the broker's, likewise
       await broker.kill();
       tDown = Date.now();
       progress(`broker SIGKILLed; restarting in ${downMs} ms`);

@@ -214,6 +214,20 @@ export function processCpuMs(pid: number | undefined): number {
   }
 }
 
+/** The pids of a process's children (/proc/<pid>/task/<pid>/children). */
+export function childrenOf(pid: number | undefined): number[] {
+  if (pid === undefined) return [];
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(Number);
+  } catch {
+    return [];
+  }
+}
+
 /** The machine's busy and total CPU time so far, in ms, from /proc/stat. */
 export function machineCpuMs(): { busy: number; total: number } {
   const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
