@@ -20,6 +20,14 @@ import {
 const MAX_REFUSAL_BODY = 64 * 1024;
 
 /**
+ * How long an opening handshake may go unanswered before the attempt fails (and the client
+ * backs off and retries), in ms. Without it a connection that TCP thinks is open but no server
+ * holds, which a reconnect storm makes when it overflows the server's accept queue, leaves the
+ * client waiting for TCP to give up (tcp_retries2: about 15 minutes).
+ */
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+/**
  * Reads a refused handshake from `ws`: with an `unexpected-response`
  * listener, `ws` hands over the response instead of failing at once, so the
  * body can be read; the socket is then terminated, which fires the usual
@@ -76,9 +84,10 @@ function checkWebSocket(WebSocketClass: WebSocketConstructor): void {
 }
 
 /**
- * Opens a `ws` socket, its handshake carrying `headers` when given. UTF-8 is not checked at the
- * frame level: bahamut sends MessagePack events in text frames, which `ws` would otherwise close
- * with 1007; the JSON decoding of events checks UTF-8 itself (client/protocol.ts).
+ * Opens a `ws` socket, its handshake carrying `headers` when given and bounded by
+ * HANDSHAKE_TIMEOUT_MS. UTF-8 is not checked at the frame level: bahamut sends MessagePack
+ * events in text frames, which `ws` would otherwise close with 1007; the JSON decoding of
+ * events checks UTF-8 itself (client/protocol.ts).
  */
 function open(
   WebSocketClass: WebSocketConstructor,
@@ -87,10 +96,8 @@ function open(
 ): WebSocketLike {
   // ws's constructor takes (address, protocols?, options?): an object second is the options.
   const Ws = WebSocketClass as unknown as new (url: string, options: object) => WebSocketLike;
-  return new Ws(
-    url,
-    headers === undefined ? { skipUTF8Validation: true } : { headers, skipUTF8Validation: true },
-  );
+  const options = { skipUTF8Validation: true, handshakeTimeout: HANDSHAKE_TIMEOUT_MS };
+  return new Ws(url, headers === undefined ? options : { ...options, headers });
 }
 
 /**

@@ -131,8 +131,14 @@ export class Recovery {
   hold(session: ServerSession, since: string): void {
     const resume = new Resume(Math.max(REPLAY_PAGE, this.#history.options.maxEvents));
     const timer = setTimeout(() => {
-      resume.waiting = undefined;
-      this.#start(session, resume, since);
+      // Timers run before I/O: after a stall of the event loop (a reconnect storm), a config that
+      // arrived in time may still be unread in the socket's buffer. Decide after this turn's
+      // reads; begin() has started the replay with the config if it was there.
+      setImmediate(() => {
+        if (resume.waiting?.timer !== timer) return;
+        resume.waiting = undefined;
+        this.#start(session, resume, since);
+      });
     }, CONFIG_WAIT_MS);
     timer.unref();
     resume.waiting = { since, timer };

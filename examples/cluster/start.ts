@@ -15,12 +15,8 @@
  * nothing but the broker (each has its own connection), exactly as two
  * processes on two machines would.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { accessSync, constants } from 'node:fs';
 import type { Server } from 'node:http';
-import { createConnection, createServer } from 'node:net';
-import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import express from 'express';
 import expressWs from 'express-ws';
@@ -31,8 +27,7 @@ import {
   type PushMiddleware,
 } from '../../lib/index.js';
 import { consoleLogger, demoEvent } from '../shared/demo.js';
-import { NatsPubSub } from '../../lib/pubsub/nats.js';
-import { RedisPubSub } from '../../lib/pubsub/redis.js';
+import { createPubSub, startNatsServer, type LocalBroker } from './broker.js';
 
 const logger = consoleLogger();
 
@@ -40,95 +35,7 @@ const PUBLIC = fileURLToPath(new URL('../basic/public', import.meta.url));
 const TOPIC = 'events';
 
 // ---------------------------------------------------------------------------------------------
-// The broker.
-
-/** A nats-server of our own, when no broker URL is given. */
-interface LocalBroker {
-  url: string;
-  process: ChildProcess;
-}
-
-function findNatsServer(): string {
-  const candidates = [
-    process.env.NATS_SERVER_BIN,
-    '/usr/sbin/nats-server',
-    ...(process.env.PATH ?? '').split(delimiter).map((dir) => join(dir, 'nats-server')),
-  ].filter((path): path is string => Boolean(path));
-  for (const candidate of candidates) {
-    try {
-      accessSync(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // not here
-    }
-  }
-  throw new Error(
-    'nats-server not found: install it (apt-get install -y nats-server) or set NATS_URL or REDIS_URL',
-  );
-}
-
-/** A port nothing listens on now: the kernel's pick for port 0. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() =>
-        typeof address === 'object' && address
-          ? resolve(address.port)
-          : reject(new Error('no port')),
-      );
-    });
-  });
-}
-
-/** True when something accepts TCP connections on the port of 127.0.0.1. */
-function listening(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = createConnection({ host: '127.0.0.1', port });
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
-}
-
-async function startNatsServer(): Promise<LocalBroker> {
-  const binary = findNatsServer();
-  const port = await freePort();
-  const child = spawn(binary, ['-a', '127.0.0.1', '-p', String(port)], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
-  let exitedEarly = false;
-  child.once('exit', (code, signal) => {
-    exitedEarly = true;
-    // After start-up an exit is an outage: the servers ride it out and reconnect if it returns.
-    if (!shuttingDown) logger.error({ code, signal }, 'nats-server exited');
-  });
-  const deadline = Date.now() + 10_000;
-  while (!(await listening(port))) {
-    if (exitedEarly) throw new Error('nats-server exited at start-up');
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`nats-server did not listen on port ${port} within 10 s`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  return { url: `nats://127.0.0.1:${port}`, process: child };
-}
-
-// ---------------------------------------------------------------------------------------------
 // The servers.
-
-/** The backend of one server: each server has its own connection to the broker. */
-function createPubSub(natsUrl: string | undefined, redisUrl: string | undefined): PubSubClient {
-  const onError = (error: unknown): void =>
-    logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'pub/sub');
-  if (redisUrl !== undefined) return new RedisPubSub({ url: redisUrl, onError });
-  return new NatsPubSub({ servers: natsUrl, onError });
-}
 
 interface ClusterServer {
   name: string;
@@ -197,7 +104,10 @@ async function main(): Promise<void> {
   const redisUrl = process.env.REDIS_URL;
   let natsUrl = process.env.NATS_URL;
   if (redisUrl === undefined && natsUrl === undefined) {
-    broker = await startNatsServer();
+    broker = await startNatsServer((code, signal) => {
+      // After start-up an exit is an outage: the servers ride it out and reconnect if it returns.
+      if (!shuttingDown) logger.error({ code, signal }, 'nats-server exited');
+    });
     natsUrl = broker.url;
     logger.info({ url: natsUrl }, 'started nats-server');
   }
@@ -205,7 +115,7 @@ async function main(): Promise<void> {
   const ports = [Number(process.env.PORT_A ?? 3001), Number(process.env.PORT_B ?? 3002)];
   servers = await Promise.all(
     ports.map((port, i) =>
-      startServer(`server-${i === 0 ? 'a' : 'b'}`, port, createPubSub(natsUrl, redisUrl)),
+      startServer(`server-${i === 0 ? 'a' : 'b'}`, port, createPubSub(natsUrl, redisUrl, logger)),
     ),
   );
 

@@ -82,6 +82,14 @@ const READ_EXPIRES_MS = 5_000;
 const READ_BATCH_MAX = 1_000;
 /** A replay consumer left behind (its delete lost) is removed by the server after this, in ms. */
 const READ_INACTIVE_MS = 30_000;
+/**
+ * Reads (replays) in flight at once per backend; the others wait their turn, in order. Each read
+ * is a handful of JetStream API requests (stream info, a consumer, its fetch, its deletion), and
+ * a reconnect storm resumes thousands of sessions at once: unbounded, nats-server answered them
+ * past the request timeout (10,000 reads at once on a 2-core machine: 71% timed out, so 71% of
+ * the sessions were told `recovered: false`; bench/storm.ts found it).
+ */
+const READS_IN_FLIGHT = 32;
 
 /**
  * The name of the stream that keeps `topic`'s history: `PUSHWIRE_` then the
@@ -145,6 +153,9 @@ export class JetStreamHistory implements TopicHistory {
   /** Every topic followed or read: publish makes the stream of the one above a subject again. */
   readonly #topics = new Set<string>();
   readonly #followers = new Set<JetStreamFollower>();
+  /** Reads running now, and the turns of those waiting (READS_IN_FLIGHT). */
+  #reading = 0;
+  readonly #readTurns: Array<() => void> = [];
 
   /** Creates the history; nothing happens on the network until it is used. */
   constructor(options: ResolvedHistoryOptions, host: JetStreamHistoryHost) {
@@ -223,6 +234,19 @@ export class JetStreamHistory implements TopicHistory {
     if (!Number.isSafeInteger(max) || max < 1) {
       throw new RangeError(`history.read: max must be a positive integer, got ${String(max)}`);
     }
+    if (this.#reading >= READS_IN_FLIGHT) {
+      await new Promise<void>((resolve) => this.#readTurns.push(resolve));
+    }
+    this.#reading++;
+    try {
+      return await this.#read(topic, since, max);
+    } finally {
+      this.#reading--;
+      this.#readTurns.shift()?.();
+    }
+  }
+
+  async #read(topic: string, since: string, max: number): Promise<HistoryRead> {
     const name = await this.#ensure(topic, false);
     const info = await this.#info(topic, name);
     const epoch = streamEpoch(info.created);
