@@ -20,6 +20,7 @@ import { openEventStream } from './sse.js';
 import {
   decodeEvent,
   encodeConfig,
+  isPlainJson,
   RECOVERY_TYPE,
   type PushConfig,
   type ReceivedEvent,
@@ -63,6 +64,13 @@ interface SocketHandlers {
 /** A connection that stayed open this long was healthy: the next retry starts from `minDelay`. */
 const HEALTHY_AFTER_MS = 5_000;
 /** Statuses after which retrying cannot help until something changes (a token, a permission). */
+/**
+ * Most characters a config may take in a resuming WebSocket's URL, once
+ * percent-encoded: well under the 8 KiB request line of common proxies and
+ * Node's 16 KiB of headers. A larger config goes as the first frame.
+ */
+const URL_CONFIG_MAX = 4096;
+
 const FINAL_STATUSES = new Set([401, 403]);
 
 interface Sink {
@@ -127,6 +135,8 @@ class Client implements PushClient {
   #generation = 0;
   #config: PushConfig | undefined;
   #configFrame: string | Uint8Array | undefined;
+  /** The config as JSON text when it can travel in a URL (always in JSON; in MessagePack when plain JSON). */
+  #configText: string | undefined;
   /** The refusal that stopped the client, for iterators created afterwards. */
   #refusal: PushRefusedError | undefined;
   /** The next attempt is an SSE stream: transport `sse`, or `auto` after a WebSocket failed. */
@@ -205,6 +215,8 @@ class Client implements PushClient {
     const frame = encodeConfig(config, this.#options.encoding ?? 'json');
     this.#config = config;
     this.#configFrame = frame;
+    this.#configText =
+      typeof frame === 'string' ? frame : isPlainJson(config) ? JSON.stringify(config) : undefined;
     if (!this.#sse) {
       if (this.#state === 'open') this.#sendConfig();
     } else if (this.#state === 'reconnecting') {
@@ -328,8 +340,29 @@ class Client implements PushClient {
     }
   }
 
+  /**
+   * The config this attempt's URL carries, if any. An SSE stream always
+   * carries it (section 10). A resuming WebSocket carries it when it fits,
+   * so that the replay follows it from the first event even when the
+   * client's first frame comes late (a starved client in a reconnect storm;
+   * the server waits only 2 s for it, section 9). Only a resume does: a
+   * position comes from a pushwire server, which reads the parameter,
+   * while bahamut servers ignore it and need the frame.
+   */
+  #urlConfig(): string | undefined {
+    const text = this.#configText;
+    if (text === undefined) return undefined;
+    if (this.#sse) return text;
+    if (!this.#resuming()) return undefined;
+    return encodeURIComponent(text).length <= URL_CONFIG_MAX ? text : undefined;
+  }
+
+  #resuming(): boolean {
+    return this.#position !== undefined && this.#options.resume !== false;
+  }
+
   /** The handshake URL: the endpoint, the extra parameters, then ours (which win). */
-  #handshakeUrl(token: string | undefined): URL {
+  #handshakeUrl(token: string | undefined, config: string | undefined): URL {
     const url = new URL(this.#endpoint);
     for (const [name, value] of Object.entries(this.#options.parameters ?? {})) {
       url.searchParams.delete(name);
@@ -339,17 +372,11 @@ class Client implements PushClient {
     if (token !== undefined && token !== '') url.searchParams.set('token', token);
     url.searchParams.set('encoding', this.#options.encoding ?? 'json');
     if (this.#options.enableErrors !== false) url.searchParams.set('enableErrors', 'true');
-    if (this.#sse) {
-      // An SSE client sends nothing after its request: the config travels in the URL (section 10).
-      url.protocol = url.protocol === 'wss:' ? 'https:' : 'http:';
-      if (this.#configFrame !== undefined)
-        url.searchParams.set('config', this.#configFrame as string);
-    }
+    if (this.#sse) url.protocol = url.protocol === 'wss:' ? 'https:' : 'http:';
+    if (config !== undefined) url.searchParams.set('config', config);
     // Resume where the last connection stopped, when the server keeps history (section 9). In
     // the URL rather than the config: the server then holds live events until the replay is done.
-    if (this.#position !== undefined && this.#options.resume !== false) {
-      url.searchParams.set('since', this.#position);
-    }
+    if (this.#resuming()) url.searchParams.set('since', this.#position as string);
     return url;
   }
 
@@ -375,7 +402,8 @@ class Client implements PushClient {
       return;
     }
     if (generation !== this.#generation) return;
-    const url = this.#handshakeUrl(token);
+    const urlConfig = this.#urlConfig();
+    const url = this.#handshakeUrl(token, urlConfig);
     const sse = this.#sse;
     let refusal: { status: number; body: unknown } | undefined;
     const report = (status: number, body: unknown): void => {
@@ -407,7 +435,8 @@ class Client implements PushClient {
       openedAt = this.#scheduler.now();
       this.#state = 'open';
       this.#probing = false;
-      this.#sendConfig();
+      // Not again when the URL carried this very config (a setConfig() since then changed it).
+      if (urlConfig === undefined || urlConfig !== this.#configText) this.#sendConfig();
       this.#emit('open', { retries: this.#failures, transport: sse ? 'sse' : 'websocket' });
     };
     const deliver = (data: unknown): void => {

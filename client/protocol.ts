@@ -179,6 +179,22 @@ export function decodeEvent(data: unknown, encoding?: PushEncoding): ReceivedEve
 }
 
 /**
+ * True when JSON.stringify keeps all of `value`: strings, finite numbers,
+ * booleans, null, arrays and plain objects of those (undefined members are
+ * left out by both encoders). A MessagePack config sent as JSON in a URL
+ * must mean the same; Dates, bytes and the like would not.
+ */
+export function isPlainJson(value: unknown, depth = 0): boolean {
+  if (value === null || typeof value === 'string' || typeof value === 'boolean') return true;
+  if (typeof value === 'number') return Number.isFinite(value);
+  if (typeof value !== 'object' || depth > 64) return false;
+  if (Array.isArray(value)) return value.every((item) => isPlainJson(item, depth + 1));
+  const proto = Object.getPrototypeOf(value) as unknown;
+  if (proto !== Object.prototype && proto !== null) return false;
+  return Object.values(value).every((item) => item === undefined || isPlainJson(item, depth + 1));
+}
+
+/**
  * Encodes a push config in the session's encoding: JSON text or MessagePack
  * bytes. Throws TypeError when it is not an object or cannot be encoded.
  */

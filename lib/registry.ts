@@ -171,7 +171,8 @@ export class SessionRegistry implements SessionHost {
       since: transport === 'sse' ? sseSince(request, query) : query.get('since'),
     });
     if (this.#sessionChain !== undefined) await this.#runSessionChain(session, request);
-    if (transport === 'sse') session.initialConfig = this.#sseConfig(query.get('config'));
+    // Decoded only once the chain accepted: nobody unauthenticated gets a config compiled.
+    session.initialConfig = this.#requestConfig(query.get('config'));
     return session;
   }
 
@@ -200,8 +201,8 @@ export class SessionRegistry implements SessionHost {
     if (this.closing) throw new ServiceUnavailableError('The push server is shutting down');
   }
 
-  /** The push config of an SSE request's `config` parameter; throws InvalidPushConfigError. */
-  #sseConfig(text: string | null): PushConfig | undefined {
+  /** The push config of a request's `config` parameter (JSON, either transport); throws InvalidPushConfigError. */
+  #requestConfig(text: string | null): PushConfig | undefined {
     if (text === null) return undefined;
     try {
       return parsePushConfig(
@@ -217,13 +218,27 @@ export class SessionRegistry implements SessionHost {
 
   /**
    * Starts an SSE session whose session phase accepted it: the stream's head
-   * goes out on `res`, its config (from the request) applies before anything
-   * is written, and a resume (Last-Event-ID, `since`) replays at once.
+   * goes out on `res`, then {@link #start} as for a WebSocket.
    */
   startEventStream(session: ServerSession, res: ServerResponse): void {
     const socket = res.socket as Socket;
-    const transport = this.#bindEventStream(session, socket, res);
+    this.#start(session, this.#bindEventStream(session, socket, res));
+  }
+
+  /** Registers a WebSocket session whose handshake completed. */
+  startSession(session: ServerSession, ws: WebSocket, socket: Socket): void {
+    this.#start(session, this.#bindWebSocket(session, ws, socket, session.binary));
+  }
+
+  /**
+   * Starts a session whose transport is up: the config of its request (the
+   * `config` parameter) applies before anything is written, and a resume
+   * (`since`, Last-Event-ID) replays at once with it. A resuming WebSocket
+   * without one is held until its first push config (Recovery#hold).
+   */
+  #start(session: ServerSession, transport: SessionTransport): void {
     if (this.closing) {
+      session.initialConfig = undefined;
       transport.close(1001, 'server shutting down');
       return;
     }
@@ -235,20 +250,13 @@ export class SessionRegistry implements SessionHost {
         renewSessionToken(session, this.#options.plugins, this.#options.logger);
       }
     }
-    const since = session.since;
-    // The config came with the request: nothing to wait for, the replay starts now.
-    this.#register(session, transport, false);
-    if (since !== undefined && this.#recovery !== undefined) this.#recovery.begin(session, since);
-  }
-
-  /** Registers a WebSocket session whose handshake completed. */
-  startSession(session: ServerSession, ws: WebSocket, socket: Socket): void {
-    const transport = this.#bindWebSocket(session, ws, socket, session.binary);
-    if (this.closing) {
-      transport.close(1001, 'server shutting down');
-      return;
+    // An SSE client sends nothing after its request, so it never has a config to wait for.
+    const waitForConfig = config === undefined && transport.name === 'websocket';
+    this.#register(session, transport, waitForConfig);
+    const since = session.since ?? config?.input.since;
+    if (!waitForConfig && since !== undefined && this.#recovery !== undefined) {
+      this.#recovery.begin(session, since);
     }
-    this.#register(session, transport, true);
   }
 
   /**

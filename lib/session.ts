@@ -226,7 +226,7 @@ export class ServerSession implements PushSession {
   asyncTail: Promise<void> | undefined;
   /** The connection events are written to; set once the handshake completed. */
   transport: SessionTransport | undefined;
-  /** An SSE session's config, from its request, between the session phase and its start. */
+  /** The config of the session's request (`config` parameter), between the session phase and its start. */
   initialConfig: PushConfig | undefined;
   /**
    * The frame format of the transport, copied here at registration so that the fan-out's loop

@@ -475,6 +475,73 @@ for (const backend of backends) {
   });
 }
 
+describe('the push config in the handshake URL', () => {
+  it('a resume with since and config in the URL replays by that config, with no frame sent', async () => {
+    const server = await startPushApp({
+      pubsub: new LocalPubSub({ history: { maxEvents: 5_000 } }),
+    });
+    try {
+      const probe = await connect(server);
+      await publishSteadily(server, 0, 40);
+      await probe.until('the 40 events', () => probe.events.length === 40);
+      const since = probe.events[9]?.position as string;
+      // A client that never sends a frame (as one starved in a reconnect storm would send it
+      // too late): the URL's config must be the replay's, not "everything" after a wait.
+      const config = JSON.stringify({ identities: { task: [] }, filters: { task: 'n >= 30' } });
+      const resumed = new RecoveryClient(server.wsUrl, true, { since, config });
+      await resumed.opened;
+      await resumed.until('the recovery frame', () => resumed.recoveries.length === 1);
+      assert.equal(resumed.recoveries[0]?.recovered, true);
+      assert.deepEqual(
+        resumed.events.map((f) => f.n),
+        Array.from({ length: 10 }, (_, i) => 30 + i),
+      );
+      // Live events follow the same config.
+      await publishSteadily(server, 40, 4);
+      await server.push.publish({ identity: 'task', type: 'create', entity: { n: 1 } });
+      await resumed.until('the live events', () => resumed.events.length === 14);
+      await publishSteadily(server, 44, 1);
+      await resumed.until('the last live event', () => resumed.events.length === 15);
+      assert.deepEqual(
+        resumed.events.slice(10).map((f) => f.n),
+        [40, 41, 42, 43, 44],
+        'n = 1 is left out live too',
+      );
+      assert.equal(server.push.stats().recoveries, 1);
+      probe.ws.terminate();
+      resumed.ws.terminate();
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('a WebSocket with an invalid config in its URL is refused with 400 before the upgrade', async () => {
+    const server = await startPushApp({ pubsub: new LocalPubSub() });
+    try {
+      const url = new URL(server.wsUrl);
+      url.searchParams.set('config', '{"filters":{"task":"n >"}}');
+      const ws = new WebSocket(url);
+      const refused = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+        ws.once('open', () => reject(new Error('the upgrade was accepted')));
+        ws.once('unexpected-response', (_req, res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (chunk: string) => (body += chunk));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        });
+        ws.once('error', () => undefined);
+      });
+      assert.equal(refused.status, 400);
+      const [error] = JSON.parse(refused.body) as { code: number; title: string }[];
+      assert.equal(error?.code, 400);
+      assert.equal(server.push.stats().invalidConfigs, 1);
+      assert.equal(server.push.sessions().length, 0);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
 describe('positions in frames', () => {
   it('without history, events carry no position and no recovery frame answers since', async () => {
     const server = await startPushApp({ pubsub: new LocalPubSub() });
@@ -524,6 +591,76 @@ describe('pushwire/client resumes by itself', () => {
       );
       assert.equal(recoveries[0]?.recovered, true);
       assert.equal(client.position, recoveries[0]?.position ?? client.position);
+    } finally {
+      client.close();
+      await server.close();
+    }
+  });
+  it('a resume carries the config in the URL: a client whose frames never leave still replays by it', async () => {
+    const urls: string[] = [];
+    const server = await startPushApp({
+      pubsub: new LocalPubSub({ history: { maxEvents: 5_000 } }),
+      // Every handshake's URL, as the server saw it.
+      before: (app) =>
+        app.use((req, _res, next) => {
+          if (req.url.includes('/events')) urls.push(req.url);
+          next();
+        }),
+    });
+    /** ws, but once `mute` is set nothing it sends leaves: a client starved past the wait. */
+    class MutedWebSocket extends WebSocket {
+      static mute = false;
+      override send(data: Parameters<WebSocket['send']>[0]): void {
+        if (!MutedWebSocket.mute) super.send(data);
+      }
+    }
+    const received: number[] = [];
+    const recoveries: RecoveryInfo[] = [];
+    const client = createPushClient(server.wsUrl, {
+      minDelay: 10,
+      encoding: 'msgpack',
+      WebSocket: MutedWebSocket as never,
+    });
+    client.setConfig({ identities: { task: [] }, filters: { task: 'n >= 20' } });
+    client.on('event', (e) => received.push((e.entity as { n: number }).n));
+    client.on('recovery', (info) => recoveries.push(info));
+    try {
+      await waitFor(() => server.push.sessions().some((s) => s.pushConfig !== undefined), {
+        timeout: DEADLINE_MS,
+        message: 'the client configured',
+      });
+      await publishSteadily(server, 20, 5);
+      await waitFor(() => received.length === 5, { timeout: DEADLINE_MS, message: '5 events' });
+      MutedWebSocket.mute = true;
+      const [session] = server.push.sessions();
+      (
+        session as unknown as { transport: { socket: { destroy(): void } } }
+      ).transport.socket.destroy();
+      await waitFor(() => server.push.sessions().length === 0, {
+        timeout: DEADLINE_MS,
+        message: 'the session closed',
+      });
+      await publishSteadily(server, 0, 40);
+      await waitFor(() => recoveries.length === 1, {
+        timeout: DEADLINE_MS,
+        message: 'the recovery',
+      });
+      assert.equal(recoveries[0]?.recovered, true);
+      assert.deepEqual(received, [
+        20,
+        21,
+        22,
+        23,
+        24,
+        ...Array.from({ length: 20 }, (_, i) => 20 + i),
+      ]);
+      const resumeUrl = new URL(urls.at(-1) as string, 'http://x');
+      assert.ok(resumeUrl.searchParams.get('since'), 'the resume carries since');
+      assert.deepEqual(JSON.parse(resumeUrl.searchParams.get('config') as string), {
+        identities: { task: [] },
+        filters: { task: 'n >= 20' },
+      });
+      assert.equal(new URL(urls[0] as string, 'http://x').searchParams.has('config'), false);
     } finally {
       client.close();
       await server.close();

@@ -10,7 +10,7 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { encode as libraryEncode } from '@msgpack/msgpack';
 import { encodeMsgpack, MAX_CONFIG_DEPTH } from '../../client/config-encoder.js';
-import { encodeConfig, type PushConfig } from '../../client/protocol.js';
+import { encodeConfig, isPlainJson, type PushConfig } from '../../client/protocol.js';
 
 /** What the library writes, the reference. */
 function reference(value: unknown): Uint8Array {
@@ -221,5 +221,29 @@ describe('client config encoder: byte for byte as @msgpack/msgpack', () => {
       message: /nested deeper than 100$/,
     });
     assert.throws(() => encodeMsgpack(nest(100_000, null)), TypeError);
+  });
+});
+
+describe('isPlainJson: a MessagePack config that may travel as JSON in a URL', () => {
+  it('is true for every JSON value', () => {
+    fc.assert(fc.property(fc.jsonValue(), (value) => isPlainJson(value)));
+    assert.equal(isPlainJson({ identities: { task: [] }, filters: { task: 'n > 1' } }), true);
+    assert.equal(isPlainJson({ parameters: { a: ['1'] }, skipped: undefined }), true);
+    assert.equal(isPlainJson(Object.create(null) as object), true);
+  });
+
+  it('is false for what JSON would change or drop', () => {
+    for (const value of [
+      { at: new Date(0) },
+      { bytes: new Uint8Array([1]) },
+      { n: Number.NaN },
+      { n: Infinity },
+      [undefined],
+      { big: 1n },
+      { f: () => 1 },
+      { m: new Map() },
+    ]) {
+      assert.equal(isPlainJson(value), false, String(Object.keys(value)));
+    }
   });
 });
