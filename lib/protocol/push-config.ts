@@ -32,6 +32,11 @@ export interface PushConfigInput {
 /** The longest `since` kept: longer is no position of any backend. */
 const MAX_POSITION_LENGTH = 200;
 
+/** The parameters of every config that sets none: one frozen object shared by all of them. */
+const NO_PARAMETERS: Readonly<Record<string, readonly string[]>> = Object.freeze(
+  Object.create(null) as Record<string, readonly string[]>,
+);
+
 /** Bounds on a push config, so a client cannot make the server do unbounded work per event. */
 export interface PushConfigLimits {
   /** Most identities in `identities`. Default 1,000. */
@@ -182,7 +187,27 @@ export class ConfigSelector {
 /** A selector in a pool, and how many held configs use it. */
 interface PoolEntry {
   readonly selector: ConfigSelector;
+  /** The input of configs that carry only a selection (no parameters, no `since`), shared by them. */
+  readonly selection: Readonly<PushConfigInput>;
   refs: number;
+}
+
+/** True when a config's input is its identities and filters alone. */
+function selectsOnly(input: Readonly<PushConfigInput>): boolean {
+  if (input.since !== undefined) return false;
+  const parameters = input.parameters;
+  if (parameters === undefined) return true;
+  for (const _ in parameters) return false;
+  return true;
+}
+
+/** The identities-and-filters part of an input, as a config that sent only those has it. */
+function selectionOf(input: Readonly<PushConfigInput>): Readonly<PushConfigInput> {
+  if (selectsOnly(input)) return input;
+  const selection: PushConfigInput = {};
+  if (input.identities !== undefined) selection.identities = input.identities;
+  if (input.filters !== undefined) selection.filters = input.filters;
+  return selection;
 }
 
 /**
@@ -210,18 +235,22 @@ export class SelectorPool {
    * Takes a reference on the selector of a config equal to `config` (its
    * own when none is held yet) and returns the config to keep: `config`, or
    * a copy sharing the held selector. Give it back with {@link release}.
+   * A copy of a config that selects only also shares the input of the
+   * first: a session's own copy of `{ identities, filters }` was a few
+   * hundred bytes of an idle session, the same for thousands of sessions.
    */
   acquire(config: PushConfig): PushConfig {
     const key = config.selector.key;
     let entry = this.#entries.get(key);
     if (entry === undefined) {
-      entry = { selector: config.selector, refs: 0 };
+      entry = { selector: config.selector, selection: selectionOf(config.input), refs: 0 };
       this.#entries.set(key, entry);
     }
+    const input = selectsOnly(config.input) ? entry.selection : config.input;
     const held =
       entry.selector === config.selector && !this.#held.has(config)
         ? config
-        : new PushConfig(entry.selector, config.parameters, config.input, config.estimatedBytes);
+        : new PushConfig(entry.selector, config.parameters, input, config.estimatedBytes);
     entry.refs++;
     this.#held.set(held, entry);
     return held;
@@ -525,12 +554,14 @@ export function parsePushConfig(
     }
   }
 
-  const parameters = Object.create(null) as Record<string, string[]>;
+  let parameters = NO_PARAMETERS as Record<string, string[]>;
   if (value.parameters !== undefined && value.parameters !== null) {
     if (!isPlainObject(value.parameters)) {
       throw new PushConfigError('parameters must be an object of name → list of strings');
     }
     const entries = Object.entries(value.parameters);
+    // A prototype-less object is a dictionary (about 200 bytes even empty): made only when used.
+    if (entries.length > 0) parameters = Object.create(null) as Record<string, string[]>;
     if (entries.length > maxParameters) {
       throw new PushConfigError(`too many parameters (at most ${maxParameters})`);
     }

@@ -89,6 +89,25 @@ describe('issue 19: a SelectorPool shares selectors and forgets them with the la
     assert.notEqual(pool.acquire(parsePushConfig(value)).selector, a.selector);
   });
 
+  it('configs that only select share one input; parameters and since keep their own', () => {
+    const pool = new SelectorPool();
+    const withSince = pool.acquire(parsePushConfig({ ...value, since: 'e:1' }));
+    const a = pool.acquire(parsePushConfig(value));
+    const b = pool.acquire(parsePushConfig(structuredClone(value)));
+    const withParameters = pool.acquire(parsePushConfig({ ...value, parameters: { ns: '/a' } }));
+    const emptyParameters = pool.acquire(parsePushConfig({ ...value, parameters: {} }));
+    assert.equal(a.input, b.input, 'one input for equal selections');
+    assert.equal(emptyParameters.input, a.input, 'no parameters is no parameters');
+    assert.equal(JSON.stringify(a.input), JSON.stringify(value));
+    assert.equal(withSince.input.since, 'e:1');
+    assert.equal(JSON.stringify(withParameters.input.parameters), '{"ns":["/a"]}');
+    assert.equal(JSON.stringify(withParameters.parameters), '{"ns":["/a"]}');
+    assert.equal('since' in a.input, false, "the first config's since is not shared");
+    // No parameters: one frozen object, which nobody can change for the others.
+    assert.equal(a.parameters, emptyParameters.parameters);
+    assert.ok(Object.isFrozen(a.parameters));
+  });
+
   it('ignores a config it did not give out', () => {
     const pool = new SelectorPool();
     const held = pool.acquire(parsePushConfig(value));
