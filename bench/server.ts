@@ -18,7 +18,6 @@ import express from 'express';
 import jaeger from 'jaeger-client';
 import { tracingPlugin } from '../plugins/tracing/index.js';
 import expressWs from 'express-ws';
-import { WebSocketServer } from 'ws';
 import { Server as SocketIoServer, type Socket as SocketIoSocket } from 'socket.io';
 import {
   authPlugin,
@@ -38,6 +37,7 @@ import {
   type ServerSnapshot,
   type ServerSpec,
 } from './common.js';
+import { acceptRawSessions } from './raw-loop.js';
 
 /** What the orchestrator needs from each kind of server. */
 interface Target {
@@ -297,26 +297,7 @@ function textFrame(text: string): Buffer {
 
 async function startRaw(): Promise<{ target: Target; port: number }> {
   const server = createServer();
-  const wss = new WebSocketServer({
-    noServer: true,
-    perMessageDeflate: false,
-    clientTracking: false,
-  });
-  const sockets = new Set<Socket>();
-  // Listeners shared by every session, none made per session: the practical limit of memory
-  // per session too (the scale phase compares the others with it).
-  const ignore = (): void => undefined;
-  function forget(this: Socket): void {
-    sockets.delete(this);
-  }
-  server.on('upgrade', (req, socket, head) => {
-    wss.handleUpgrade(req, socket, head, (ws) => {
-      const s = socket as Socket;
-      sockets.add(s);
-      ws.on('error', ignore);
-      s.on('close', forget);
-    });
-  });
+  const sockets = acceptRawSessions(server);
   const port = await listen(server);
   // The frames of this turn: built once each, then one write of all of them per socket.
   let pending: Buffer[] = [];

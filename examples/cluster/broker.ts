@@ -95,6 +95,32 @@ export async function startNatsServer(
   return { url: `nats://127.0.0.1:${port}`, process: child };
 }
 
+/** Where the servers find their broker. */
+export interface Broker {
+  /** The NATS server(s), when `redisUrl` is not set. */
+  natsUrl: string | undefined;
+  redisUrl: string | undefined;
+  /** The nats-server started because the environment named no broker: the example stops it. */
+  started: LocalBroker | undefined;
+}
+
+/**
+ * The broker of `REDIS_URL` or `NATS_URL`; when neither is set, a
+ * nats-server of the example's own (startNatsServer, `onExit` as there),
+ * so that the example runs with nothing to configure.
+ */
+export async function brokerFromEnv(
+  onExit: (code: number | null, signal: NodeJS.Signals | null) => void,
+): Promise<Broker> {
+  const redisUrl = process.env.REDIS_URL;
+  const natsUrl = process.env.NATS_URL;
+  if (redisUrl !== undefined || natsUrl !== undefined) {
+    return { natsUrl, redisUrl, started: undefined };
+  }
+  const started = await startNatsServer(onExit);
+  return { natsUrl: started.url, redisUrl, started };
+}
+
 /** A backend connection to the broker: Redis when `redisUrl` is set, NATS otherwise. */
 export function createPubSub(
   natsUrl: string | undefined,

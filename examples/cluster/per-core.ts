@@ -22,16 +22,12 @@
 import cluster from 'node:cluster';
 import { once } from 'node:events';
 import { availableParallelism } from 'node:os';
-import { fileURLToPath } from 'node:url';
-import express from 'express';
-import expressWs from 'express-ws';
-import { definePlugin, pushMiddleware, type Logger } from '../../lib/index.js';
+import { definePlugin, type Logger } from '../../lib/index.js';
 import { consoleLogger } from '../shared/demo.js';
-import { createPubSub, startNatsServer, type LocalBroker } from './broker.js';
+import { brokerFromEnv, createPubSub } from './broker.js';
+import { startServer } from './server.js';
 
 const logger = consoleLogger();
-const PUBLIC = fileURLToPath(new URL('../basic/public', import.meta.url));
-const TOPIC = 'events';
 
 /** The identity of the event a worker pushes to each session it opens. */
 export const HELLO_IDENTITY = 'worker';
@@ -44,15 +40,13 @@ async function primary(): Promise<void> {
   const port = Number(process.env.PORT ?? 3000);
   if (!Number.isInteger(workers) || workers < 1) throw new TypeError('WORKERS must be >= 1');
   let shuttingDown = false;
-  let broker: LocalBroker | undefined;
-  const redisUrl = process.env.REDIS_URL;
-  let natsUrl = process.env.NATS_URL;
-  if (redisUrl === undefined && natsUrl === undefined) {
-    broker = await startNatsServer((code, signal) => {
-      if (!shuttingDown) logger.error({ code, signal }, 'nats-server exited');
-    });
-    natsUrl = broker.url;
-  }
+  const {
+    natsUrl,
+    redisUrl,
+    started: broker,
+  } = await brokerFromEnv((code, signal) => {
+    if (!shuttingDown) logger.error({ code, signal }, 'nats-server exited');
+  });
   // The workers read their broker and port from the environment the primary gives them.
   const env = {
     PORT: String(port),
@@ -102,21 +96,20 @@ async function primary(): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A worker: an Express app with pushwire, like any single server.
+// A worker: server.ts's app, like any single server, on the port all workers share.
 
 async function worker(): Promise<void> {
   const id = cluster.worker?.id ?? 0;
-  const name = `worker-${id}`;
   const log: Logger = {
     debug: () => undefined,
     info: (obj, msg) => logger.info({ worker: id, ...obj }, msg),
     warn: (obj, msg) => logger.warn({ worker: id, ...obj }, msg),
     error: (obj, msg) => logger.error({ worker: id, ...obj }, msg),
   };
-  const pubsub = createPubSub(process.env.NATS_URL, process.env.REDIS_URL, log);
-  const app = express();
-  const ews = expressWs(app);
-  const push = pushMiddleware(pubsub, TOPIC, {
+  const server = await startServer({
+    name: `worker-${id}`,
+    port: Number(process.env.PORT ?? 3000),
+    pubsub: createPubSub(process.env.NATS_URL, process.env.REDIS_URL, log),
     logger: log,
     plugins: [
       // Tells each session which worker holds it (the page shows it; the test relies on it).
@@ -131,42 +124,15 @@ async function worker(): Promise<void> {
         },
       }),
     ],
+    // GET /api/stats is answered by whichever worker the connection was handed to.
+    about: { worker: id, pid: process.pid },
   });
-  app.use(express.static(PUBLIC)); // the page of examples/basic
-  app.use('/api', push); // ws://host/api/events
-  push.attach(ews);
-
-  app.post('/api/publish', express.json({ limit: '64kb' }), (req, res) => {
-    const { identity, type, entity } = (req.body ?? {}) as Record<string, unknown>;
-    const stamped =
-      entity !== null && typeof entity === 'object' && !Array.isArray(entity)
-        ? { publishedBy: name, ...entity }
-        : (entity ?? {});
-    push
-      .publish({ identity: String(identity ?? ''), type: String(type ?? ''), entity: stamped })
-      .then(
-        () => res.status(202).json({ published: true, by: name }),
-        (error: Error & { status?: number }) =>
-          res.status(error.status ?? 500).json({ error: error.message }),
-      );
-  });
-  // Answered by whichever worker the connection was handed to.
-  app.get('/api/stats', (_req, res) => {
-    res.json({ worker: id, pid: process.pid, backend: pubsub.status, ...push.stats() });
-  });
-
-  await push.ready; // subscribed before accepting: this worker receives every worker's events
-  const server = app.listen(Number(process.env.PORT ?? 3000));
-  await once(server, 'listening');
 
   let closing = false;
   const close = async (): Promise<void> => {
     if (closing) return;
     closing = true;
-    await push.close(); // new upgrades get 503; sessions get 1001 after their buffers flush
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-    await pubsub.disconnect();
+    await server.close(); // new upgrades get 503; sessions get 1001 after their buffers flush
     process.exit(0);
   };
   process.once('SIGTERM', () => void close());

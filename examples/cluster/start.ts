@@ -16,73 +16,17 @@
  * processes on two machines would.
  */
 import { once } from 'node:events';
-import type { Server } from 'node:http';
-import { fileURLToPath } from 'node:url';
-import express from 'express';
-import expressWs from 'express-ws';
-import {
-  pushMiddleware,
-  type Logger,
-  type PubSubClient,
-  type PushMiddleware,
-} from '../../lib/index.js';
+import type { Logger } from '../../lib/index.js';
 import { consoleLogger, demoEvent } from '../shared/demo.js';
-import { createPubSub, startNatsServer, type LocalBroker } from './broker.js';
+import { brokerFromEnv, createPubSub, type LocalBroker } from './broker.js';
+import { startServer, type ClusterServer } from './server.js';
 
 const logger = consoleLogger();
 
-const PUBLIC = fileURLToPath(new URL('../basic/public', import.meta.url));
-const TOPIC = 'events';
-
 // ---------------------------------------------------------------------------------------------
-// The servers.
+// The servers: each is server.ts's app; here they differ only in name, port and log field.
 
-interface ClusterServer {
-  name: string;
-  pubsub: PubSubClient;
-  push: PushMiddleware;
-  server: Server;
-}
-
-async function startServer(
-  name: string,
-  port: number,
-  pubsub: PubSubClient,
-): Promise<ClusterServer> {
-  const app = express();
-  const ews = expressWs(app);
-  const push = pushMiddleware(pubsub, TOPIC, { logger: withServer(name), plugins: [] });
-  app.use(express.static(PUBLIC)); // the page of examples/basic
-  app.use('/api', push); // ws://host/api/events
-  push.attach(ews);
-
-  // Publishing is the application's business; this endpoint lets the page do it.
-  app.post('/api/publish', express.json({ limit: '64kb' }), (req, res) => {
-    const { identity, type, entity } = (req.body ?? {}) as Record<string, unknown>;
-    // Say which server published it, so that the other page shows the event crossed over.
-    const stamped =
-      entity !== null && typeof entity === 'object' && !Array.isArray(entity)
-        ? { publishedBy: name, ...entity }
-        : (entity ?? {});
-    push
-      .publish({ identity: String(identity ?? ''), type: String(type ?? ''), entity: stamped })
-      .then(
-        () => res.status(202).json({ published: true, by: name }),
-        (error: Error & { status?: number }) =>
-          res.status(error.status ?? 500).json({ error: error.message }),
-      );
-  });
-  app.get('/api/stats', (_req, res) => {
-    res.json({ server: name, backend: pubsub.status, ...push.stats() });
-  });
-
-  await push.ready; // subscribed: from now on this server receives every server's events
-  const server = app.listen(port);
-  await once(server, 'listening');
-  logger.info({ server: name, port }, `${name} on http://localhost:${port}`);
-  return { name, pubsub, push, server };
-}
-
+/** The logger of one server: each line says which server wrote it. */
 function withServer(name: string): Logger {
   return {
     debug: () => undefined,
@@ -101,22 +45,27 @@ let servers: ClusterServer[] = [];
 let ticker: NodeJS.Timeout | undefined;
 
 async function main(): Promise<void> {
-  const redisUrl = process.env.REDIS_URL;
-  let natsUrl = process.env.NATS_URL;
-  if (redisUrl === undefined && natsUrl === undefined) {
-    broker = await startNatsServer((code, signal) => {
-      // After start-up an exit is an outage: the servers ride it out and reconnect if it returns.
-      if (!shuttingDown) logger.error({ code, signal }, 'nats-server exited');
-    });
-    natsUrl = broker.url;
-    logger.info({ url: natsUrl }, 'started nats-server');
-  }
+  const { natsUrl, redisUrl, started } = await brokerFromEnv((code, signal) => {
+    // After start-up an exit is an outage: the servers ride it out and reconnect if it returns.
+    if (!shuttingDown) logger.error({ code, signal }, 'nats-server exited');
+  });
+  broker = started;
+  if (started !== undefined) logger.info({ url: natsUrl }, 'started nats-server');
   logger.info({ backend: redisUrl !== undefined ? redisUrl : natsUrl }, 'broker');
   const ports = [Number(process.env.PORT_A ?? 3001), Number(process.env.PORT_B ?? 3002)];
   servers = await Promise.all(
-    ports.map((port, i) =>
-      startServer(`server-${i === 0 ? 'a' : 'b'}`, port, createPubSub(natsUrl, redisUrl, logger)),
-    ),
+    ports.map(async (port, i) => {
+      const name = `server-${i === 0 ? 'a' : 'b'}`;
+      const started = await startServer({
+        name,
+        port,
+        pubsub: createPubSub(natsUrl, redisUrl, logger), // its own connection, as on its own machine
+        logger: withServer(name),
+        about: { server: name },
+      });
+      logger.info({ server: name, port }, `${name} on http://localhost:${port}`);
+      return started;
+    }),
   );
 
   // A heartbeat of demo events from server A only: both pages show them.
@@ -136,14 +85,7 @@ async function shutdown(signal: string): Promise<void> {
   shuttingDown = true;
   logger.info({ signal }, 'shutting down');
   clearInterval(ticker);
-  await Promise.all(
-    servers.map(async ({ push, server, pubsub }) => {
-      await push.close(); // sessions get 1001 after their buffers flush
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      await pubsub.disconnect();
-    }),
-  );
+  await Promise.all(servers.map((server) => server.close())); // sessions get 1001 after their buffers flush
   if (broker && broker.process.exitCode === null) {
     broker.process.kill('SIGTERM');
     await once(broker.process, 'exit');

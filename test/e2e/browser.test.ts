@@ -16,28 +16,21 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { access, mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
-import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import type { BrowserContext, Page } from 'playwright-core';
+import {
+  assertConsole,
+  launchChromium,
+  openPage,
+  RESULTS,
+  type Chromium,
+} from '../helpers/browser.js';
 import { freePort } from '../helpers/brokers.js';
 import { deferred, waitFor, withTimeout } from '../helpers/wait.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const RESULTS = join(ROOT, 'test-results', 'e2e');
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 /** How long the page may take to connect, or an event to show. */
 const UI_MS = 10_000;
 /** How long the example server may take to start (tsx compiles it, esbuild bundles the client). */
@@ -133,29 +126,6 @@ class ExampleServer {
   }
 }
 
-interface ConsoleError {
-  text: string;
-  url: string;
-}
-
-/** A page, with every console error and uncaught exception it produces. */
-async function openPage(context: BrowserContext): Promise<{ page: Page; errors: ConsoleError[] }> {
-  const page = await context.newPage();
-  const errors: ConsoleError[] = [];
-  page.on('console', (message) => {
-    if (message.type() === 'error')
-      errors.push({ text: message.text(), url: message.location().url });
-  });
-  page.on('pageerror', (error) => errors.push({ text: `uncaught: ${error.message}`, url: '' }));
-  return { page, errors };
-}
-
-/** Fails on any console error that is not one of the browser's network messages `allowed`. */
-function assertConsole(errors: ConsoleError[], allowed: RegExp[] = []): void {
-  const unexpected = errors.filter((e) => !allowed.some((pattern) => pattern.test(e.text)));
-  assert.deepEqual(unexpected, [], 'console errors');
-}
-
 /** The browser's own log lines for a WebSocket that failed, and for the client's check request. */
 const WEBSOCKET_FAILED =
   /^WebSocket connection to 'ws:\/\/127\.0\.0\.1:\d+\/api\/events\?[^']*' failed: /;
@@ -171,31 +141,19 @@ const row = (page: Page, text: string) => page.locator('#events tr', { hasText: 
 
 describe('the live page in Chromium', () => {
   let server: ExampleServer;
+  let browser: Chromium;
   let context: BrowserContext;
-  let userDataDir: string;
 
   before(async () => {
-    await access(CHROMIUM).catch(() => {
-      throw new Error(
-        `no Chromium at ${CHROMIUM}: install the Debian package (apt-get install chromium) or set CHROMIUM_PATH`,
-      );
-    });
-    await mkdir(RESULTS, { recursive: true });
+    browser = await launchChromium({ viewport: { width: 1280, height: 800 } });
+    context = browser.context;
     server = new ExampleServer(await freePort());
     await server.start();
-    userDataDir = await mkdtemp(join(tmpdir(), 'pushwire-chromium-'));
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_ARGS,
-      viewport: { width: 1280, height: 800 },
-    });
   });
 
   after(async () => {
-    await context?.close();
+    await browser?.close();
     await server?.stop();
-    if (userDataDir) await rm(userDataDir, { recursive: true, force: true });
   });
 
   it('connects, shows a published event, and stops showing an identity its new config leaves out', async () => {

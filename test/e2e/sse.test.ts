@@ -18,14 +18,11 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { Socket } from 'node:net';
-import { mkdir, mkdtemp, rm, access } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, afterEach, before, describe, it } from 'node:test';
 import express from 'express';
 import expressWs from 'express-ws';
-import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import type { BrowserContext, Page } from 'playwright-core';
 import {
   authPlugin,
   initPlugin,
@@ -34,22 +31,17 @@ import {
   type PushMiddleware,
 } from '../../lib/index.js';
 import { bundleClient } from '../../scripts/build-client.js';
+import {
+  assertConsole,
+  launchChromium,
+  openPage as openBlankPage,
+  RESULTS,
+  type Chromium,
+  type ConsoleError,
+} from '../helpers/browser.js';
 import { freePort } from '../helpers/brokers.js';
 import { waitFor } from '../helpers/wait.js';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const RESULTS = join(ROOT, 'test-results', 'e2e');
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 /** How long the page may take to connect, or an event to show. */
 const UI_MS = 10_000;
 /** How long an EventSource may take to come back: Chromium retries every 3 s by default. */
@@ -123,31 +115,18 @@ class SseServer {
   }
 }
 
-interface ConsoleError {
-  text: string;
-}
-
 /** The pages a test opened, closed after it whatever happened: a stream left open would be a session the next test counts. */
 const pages: Page[] = [];
 
+/** A page at `url`, with its console errors; closed after the test. */
 async function openPage(
   context: BrowserContext,
   url: string,
 ): Promise<{ page: Page; errors: ConsoleError[] }> {
-  const page = await context.newPage();
-  pages.push(page);
-  const errors: ConsoleError[] = [];
-  page.on('console', (message) => {
-    if (message.type() === 'error') errors.push({ text: message.text() });
-  });
-  page.on('pageerror', (error) => errors.push({ text: `uncaught: ${error.message}` }));
-  await page.goto(url);
-  return { page, errors };
-}
-
-function assertConsole(errors: ConsoleError[], allowed: RegExp[] = []): void {
-  const unexpected = errors.filter((e) => !allowed.some((pattern) => pattern.test(e.text)));
-  assert.deepEqual(unexpected, [], 'console errors');
+  const opened = await openBlankPage(context);
+  pages.push(opened.page);
+  await opened.page.goto(url);
+  return opened;
 }
 
 /** The page's log (window.seen). */
@@ -176,24 +155,14 @@ const task = (ID: string, type = 'create') => ({ identity: 'task', type, entity:
 
 describe('Server-Sent Events in Chromium', () => {
   let server: SseServer;
+  let browser: Chromium;
   let context: BrowserContext;
-  let userDataDir: string;
 
   before(async () => {
-    await access(CHROMIUM).catch(() => {
-      throw new Error(
-        `no Chromium at ${CHROMIUM}: install the Debian package (apt-get install chromium) or set CHROMIUM_PATH`,
-      );
-    });
-    await mkdir(RESULTS, { recursive: true });
+    browser = await launchChromium();
+    context = browser.context;
     server = new SseServer(await freePort());
     await server.start();
-    userDataDir = await mkdtemp(join(tmpdir(), 'pushwire-chromium-'));
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_ARGS,
-    });
   });
 
   afterEach(async () => {
@@ -201,9 +170,8 @@ describe('Server-Sent Events in Chromium', () => {
   });
 
   after(async () => {
-    await context?.close();
+    await browser?.close();
     await server?.stop();
-    if (userDataDir) await rm(userDataDir, { recursive: true, force: true });
   });
 
   it('an EventSource receives events, and after the server restarts resumes from Last-Event-ID', async () => {

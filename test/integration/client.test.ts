@@ -15,7 +15,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { createRequire } from 'node:module';
 import type { Server } from 'node:http';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import express from 'express';
 import expressWs from 'express-ws';
 import WebSocket from 'ws';
@@ -34,8 +34,6 @@ import {
   PushConfigError,
   PushRefusedError,
   type PushClient,
-  type PushClientEventMap,
-  type PushClientOptions,
   type ReceivedEvent,
   type Scheduler,
 } from '../../client/node.js';
@@ -45,7 +43,8 @@ import { PushDecodeError } from '../../client/errors.js';
 import { freePort } from '../helpers/brokers.js';
 import * as mp from '../helpers/go-msgpack.js';
 import { failOnUnhandledRejections } from '../helpers/guard.js';
-import { startPushApp, type PushApp } from '../helpers/push-app.js';
+import type { PushApp } from '../helpers/push-app.js';
+import { clientFixtures, next } from '../helpers/push-client.js';
 import { deferred, waitFor, withTimeout } from '../helpers/wait.js';
 
 /** How long a socket may take to open, an event to arrive, a reconnect to happen. */
@@ -54,38 +53,7 @@ const WAIT_MS = 5_000;
 // The client must never leave a rejection unhandled, whatever the server does to it.
 failOnUnhandledRejections();
 
-const clients: PushClient[] = [];
-const apps: PushApp[] = [];
-after(async () => {
-  for (const client of clients) client.close();
-  await Promise.all(apps.map((app) => app.close()));
-});
-
-async function app(options: Parameters<typeof startPushApp>[0] = {}): Promise<PushApp> {
-  const started = await startPushApp(options);
-  apps.push(started);
-  return started;
-}
-
-function client(url: string, options: PushClientOptions = {}): PushClient {
-  const created = createPushClient(url, options);
-  clients.push(created);
-  return created;
-}
-
-/** The next emission of `type`. */
-function next<K extends keyof PushClientEventMap>(
-  c: PushClient,
-  type: K,
-  timeout = WAIT_MS,
-): Promise<PushClientEventMap[K]> {
-  const d = deferred<PushClientEventMap[K]>();
-  const off = c.on(type, (payload) => {
-    off();
-    d.resolve(payload);
-  });
-  return withTimeout(d.promise, timeout, `no '${type}' from the client`);
-}
+const { app, client, track } = clientFixtures();
 
 /** Records the client's events; `until` waits for one that matches. */
 function record(c: PushClient): {
@@ -248,7 +216,7 @@ describe('events, whatever the encoding', () => {
 
   it('setConfig throws for a config that is not an object', () => {
     const c = createPushClient('ws://127.0.0.1:9/api/events', { reconnect: false });
-    clients.push(c);
+    track(c);
     assert.throws(() => c.setConfig([] as never), TypeError);
     c.close();
   });
@@ -564,7 +532,7 @@ describe('refusals', () => {
       checkUrl: 'events/check',
       scheduler: new FakeScheduler(),
     });
-    clients.push(c);
+    track(c);
     const refused = await next(c, 'refused');
     assert.equal(refused.status, 401);
     assert.equal(refused.errors[0]?.description, 'no');
@@ -574,7 +542,7 @@ describe('refusals', () => {
   it('in a browser without checkUrl, a refusal looks like a network failure: retried', async () => {
     const server = await refusingApp(401);
     const c = createBrowserClient(server.wsUrl, { WebSocket, scheduler: new FakeScheduler() });
-    clients.push(c);
+    track(c);
     const close = await next(c, 'close');
     assert.deepEqual(close, { code: 1006, reason: '', opened: false, willReconnect: true });
     assert.equal(c.state, 'reconnecting');

@@ -16,7 +16,7 @@ import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
-import { WebSocketServer } from 'ws';
+import { acceptRawSessions } from '../../bench/raw-loop.js';
 import { failOnUnhandledRejections } from '../helpers/guard.js';
 import { retainedHeap } from '../helpers/heap.js';
 import { withPushApp } from '../helpers/push-app.js';
@@ -107,26 +107,10 @@ async function heapPerSession(
   return (after - before) / SESSIONS;
 }
 
-/** The raw loop of bench/server.ts: ws upgrades, a set of sockets, listeners shared by all. */
+/** The raw loop of bench/server.ts (bench/raw-loop.ts), on a port of its own. */
 async function startRaw(): Promise<{ server: Server; sockets: Set<Socket> }> {
   const server = createServer();
-  const wss = new WebSocketServer({
-    noServer: true,
-    perMessageDeflate: false,
-    clientTracking: false,
-  });
-  const sockets = new Set<Socket>();
-  const ignore = (): void => undefined;
-  function forget(this: Socket): void {
-    sockets.delete(this);
-  }
-  server.on('upgrade', (req, socket, head) => {
-    wss.handleUpgrade(req, socket, head, (ws) => {
-      sockets.add(socket as Socket);
-      ws.on('error', ignore);
-      socket.on('close', forget);
-    });
-  });
+  const sockets = acceptRawSessions(server);
   server.listen(0, '127.0.0.1', 1024);
   await once(server, 'listening');
   return { server, sockets };

@@ -16,7 +16,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import http, { type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import express from 'express';
 import expressWs from 'express-ws';
 import {
@@ -33,7 +33,6 @@ import {
   PushRefusedError,
   type PushClient,
   type PushClientEventMap,
-  type PushClientOptions,
   type ReceivedEvent,
   type Scheduler,
 } from '../../client/node.js';
@@ -41,7 +40,7 @@ import { createPushClient as createBrowserClient } from '../../client/index.js';
 import { sseParser } from '../../client/sse.js';
 import { freePort } from '../helpers/brokers.js';
 import { failOnUnhandledRejections } from '../helpers/guard.js';
-import { startPushApp, type PushApp } from '../helpers/push-app.js';
+import { clientFixtures, next } from '../helpers/push-client.js';
 import { deferred, waitFor, withTimeout } from '../helpers/wait.js';
 
 /** How long a stream may take to open, an event to arrive, a reconnect to happen. */
@@ -51,38 +50,7 @@ const HISTORY = { maxEvents: 1_000 };
 // The client must never leave a rejection unhandled, whatever the server does to it.
 failOnUnhandledRejections();
 
-const clients: PushClient[] = [];
-const closers: Array<() => Promise<void>> = [];
-after(async () => {
-  for (const c of clients) c.close();
-  for (const close of closers.reverse()) await close();
-});
-
-async function app(options: Parameters<typeof startPushApp>[0] = {}): Promise<PushApp> {
-  const started = await startPushApp(options);
-  closers.push(() => started.close());
-  return started;
-}
-
-function client(url: string, options: PushClientOptions = {}): PushClient {
-  const created = createPushClient(url, { transport: 'sse', ...options });
-  clients.push(created);
-  return created;
-}
-
-/** The next emission of `type`. */
-function next<K extends keyof PushClientEventMap>(
-  c: PushClient,
-  type: K,
-  timeout = WAIT_MS,
-): Promise<PushClientEventMap[K]> {
-  const d = deferred<PushClientEventMap[K]>();
-  const off = c.on(type, (payload) => {
-    off();
-    d.resolve(payload);
-  });
-  return withTimeout(d.promise, timeout, `no '${type}' from the client`);
-}
+const { app, client, track, onClose } = clientFixtures({ transport: 'sse' });
 
 /** Everything the client emits, in order, as `type` or `type:ID` for events. */
 function record(c: PushClient): {
@@ -152,7 +120,7 @@ async function serverOn(
     server.closeAllConnections();
     await new Promise<void>((resolve) => server.close(() => resolve()));
   };
-  closers.push(close);
+  onClose(close);
   return { push, close };
 }
 
@@ -195,7 +163,7 @@ async function proxy(target: string, upgrades: 'drop' | 'strip'): Promise<string
   });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
-  closers.push(async () => {
+  onClose(async () => {
     server.closeAllConnections();
     await new Promise<void>((resolve) => server.close(() => resolve()));
   });
@@ -295,7 +263,7 @@ describe('events over SSE', () => {
       transport: 'sse',
       headers: () => ({ Authorization: 'Bearer good' }),
     });
-    clients.push(c);
+    track(c);
     await next(c, 'open');
     assert.deepEqual(tokens, ['Bearer good']);
   });
