@@ -3,6 +3,7 @@
  * (session count, connection rate and event-loop delay over time), written
  * by bench/storm.ts beside each other.
  */
+import { hasHistory, type LoadVerification, type StormBackend } from './common.js';
 
 /** One scenario: the server or the broker killed and restarted under every session. */
 export interface ScenarioResult {
@@ -62,18 +63,8 @@ export interface StormResults {
   /** `cpuAccounting` 2: the CPU of cluster workers and of a killed process is counted as ours. */
   machine: { loadavgAtStart: number[]; cpuAccounting?: number };
   scenarios: ScenarioResult[];
-  verification?: {
-    clients: number;
-    complete: number;
-    missing: number;
-    duplicates: number;
-    excluded: number;
-    excludedFirst: number;
-    recoveries: number;
-    recoveriesFalse: number;
-    lastSeq: number;
-    example?: string;
-  };
+  /** The load generators' verifications summed, after the last event `lastSeq`. */
+  verification?: LoadVerification & { lastSeq: number };
   crashes: string[];
   /** Why the run stopped early, if it did. */
   failure?: string;
@@ -87,6 +78,34 @@ export interface StormResults {
     }>;
     clients: Array<{ t: number; open: number; reopened: number; recovered: number }>;
   };
+}
+
+/**
+ * What makes a run fail, one line each; none when it passed. With history every reconnection
+ * resumes with `since`, so an event missing, twice, of an identity its push config excludes, or a
+ * recovered: false is a defect; without history a reconnection starts afresh and only a crash or
+ * an unfinished run counts.
+ */
+export function stormDefects(r: StormResults): string[] {
+  const defects: string[] = [];
+  if (r.failure !== undefined) defects.push(`the run stopped early: ${r.failure}`);
+  if (r.crashes.length > 0) defects.push(`the server crashed: ${r.crashes.join('; ')}`);
+  const v = r.verification;
+  if (v === undefined) {
+    if (r.failure === undefined) defects.push('no verification');
+    return defects;
+  }
+  if (!hasHistory(r.options.backend as StormBackend)) return defects;
+  if (v.missing > 0) defects.push(`${v.missing} events missing`);
+  if (v.duplicates > 0) defects.push(`${v.duplicates} events received twice or out of order`);
+  if (v.excluded > 0) {
+    defects.push(
+      `${v.excluded} events of an excluded identity after a reconnection: resumed sessions received (part of) their replay without their push config applied`,
+    );
+  }
+  if (v.recoveriesFalse > 0)
+    defects.push(`${v.recoveriesFalse} recovery frames said recovered: false`);
+  return defects;
 }
 
 const s = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
@@ -155,6 +174,8 @@ export function stormMarkdown(r: StormResults, svgName = 'storm.svg'): string {
     r.crashes.length === 0 ? 'The server never crashed.' : `Crashes: ${r.crashes.join('; ')}`,
     '',
   );
+  const defects = stormDefects(r);
+  if (defects.length > 0) lines.push(...defects.map((d) => `FAILED: ${d}.`), '');
   lines.push(`![sessions during the storm](${svgName})`, '');
   return lines.join('\n');
 }
