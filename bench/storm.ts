@@ -59,6 +59,7 @@ const USAGE = `Usage: npm run bench:storm -- [flags]
   --publish-rate N         events/s published through the broker the whole time (default 1)
   --min-delay MS           the clients' minDelay (default 500, the client's default)
   --max-delay MS           the clients' maxDelay (default 30000, the client's default)
+  --backlog N              the server's listen backlog (default 4096, net.core.somaxconn here; Node's: 511)
   --ramp N                 clients started per second at the first connection (default 2000)
   --timeout-ms MS          the most any phase may take (default 600000)
   --out PREFIX             results prefix (default bench/results/storm)
@@ -80,6 +81,7 @@ const { values } = parseArgs({
     'min-delay': { type: 'string', default: '500' },
     'max-delay': { type: 'string', default: '30000' },
     ramp: { type: 'string', default: '2000' },
+    backlog: { type: 'string', default: '4096' },
     'timeout-ms': { type: 'string', default: '600000' },
     out: { type: 'string', default: 'bench/results/storm' },
     render: { type: 'string' },
@@ -178,6 +180,7 @@ const server = new StormServer({
   maxEvents: 100_000,
   ...(rateLimit ? { rateLimit } : {}),
   sampleMs: SAMPLE_MS,
+  backlog: Number(values.backlog),
   workers,
   scheduling: values.sched === 'rr' ? 'rr' : 'none',
 });
@@ -397,6 +400,7 @@ const results: StormResults = {
     publishRate,
     minDelay: Number(values['min-delay']),
     maxDelay: Number(values['max-delay']),
+    backlog: Number(values.backlog),
   },
   machine: { loadavgAtStart: loadavg().map((n) => round(n, 2)), cpuAccounting: 2 },
   scenarios: [],

@@ -27,6 +27,8 @@ export interface StormServerConfig {
   rateLimit?: { maxAttempts: number; intervalMs: number };
   /** How often the server samples itself, in ms. */
   sampleMs: number;
+  /** listen(2)'s backlog; default 4096, this machine's net.core.somaxconn (Node's own: 511). */
+  backlog?: number;
   /** node:cluster workers sharing the port; default 1 (no cluster). */
   workers?: number;
   /**

@@ -59,6 +59,8 @@ export interface StormResults {
     publishRate: number;
     minDelay: number;
     maxDelay: number;
+    /** The server's listen backlog; absent in runs before it was set (Node's default, 511). */
+    backlog?: number;
   };
   /** `cpuAccounting` 2: the CPU of cluster workers and of a killed process is counted as ours. */
   machine: { loadavgAtStart: number[]; cpuAccounting?: number };
@@ -118,14 +120,20 @@ export function stormMarkdown(r: StormResults, svgName = 'storm.svg'): string {
     '',
     `\`${r.command}\` — ${r.date}; ${o.workers === 1 ? 'one server process' : `${o.workers} server processes (node:cluster, one port, scheduling ${o.scheduling})`}, ${o.loadgens} load generators, ${o.clientsPerAddress} clients per source address, ` +
       `rate limit ${o.rateLimit ? `${o.rateLimit.maxAttempts} attempts / ${o.rateLimit.intervalMs} ms per address` : 'off'}, ` +
-      `down ${o.downMs} ms, ${o.publishRate} events/s published throughout, client backoff ${o.minDelay}–${o.maxDelay} ms; ` +
+      `down ${o.downMs} ms, ${o.publishRate} events/s published throughout, client backoff ${o.minDelay}–${o.maxDelay} ms, listen backlog ${o.backlog ?? 511}; ` +
       `load average at start ${r.machine.loadavgAtStart.join(' / ')}.`,
     '',
-    '| figure | ' + r.scenarios.map((x) => `${x.scenario} killed`).join(' | ') + ' |',
-    '| --- | ' + r.scenarios.map(() => '---:').join(' | ') + ' |',
   ];
+  // A run that stopped before its first scenario ended has no column: no table, only the failure.
+  if (r.scenarios.length === 0) lines.push('No scenario finished.');
+  else {
+    lines.push(
+      '| figure | ' + r.scenarios.map((x) => `${x.scenario} killed`).join(' | ') + ' |',
+      '| --- | ' + r.scenarios.map(() => '---:').join(' | ') + ' |',
+    );
+  }
   const row = (name: string, f: (x: ScenarioResult) => string): void => {
-    lines.push(`| ${name} | ${r.scenarios.map(f).join(' | ')} |`);
+    if (r.scenarios.length > 0) lines.push(`| ${name} | ${r.scenarios.map(f).join(' | ')} |`);
   };
   row('down (SIGKILL → accepting again)', (x) => s(x.downMs));
   row('every session back and configured (from the kill)', (x) =>

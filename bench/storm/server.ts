@@ -34,7 +34,7 @@ import {
   type StormServerConfig,
 } from './common.js';
 
-/** The listen backlog: this machine's net.core.somaxconn (see serve). */
+/** The listen backlog by default: this machine's net.core.somaxconn (see serve). */
 const LISTEN_BACKLOG = 4096;
 
 const config = childConfig<StormServerConfig>();
@@ -81,7 +81,11 @@ async function serve(): Promise<void> {
   // the kernel's cap on it. Under node:cluster with scheduling `none` the primary only binds the
   // socket; each worker calls listen(2) on the shared socket with this backlog (Node's net.js,
   // listenInCluster → _listen2). With `rr` the primary listens, with the first worker's backlog.
-  const server = app.listen({ port: config.port, host: '127.0.0.1', backlog: LISTEN_BACKLOG });
+  const server = app.listen({
+    port: config.port,
+    host: '127.0.0.1',
+    backlog: config.backlog ?? LISTEN_BACKLOG,
+  });
   await once(server, 'listening');
 
   // The longest delay of each sample's interval: a storm shows as spikes, which a mean would hide.
