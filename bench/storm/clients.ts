@@ -15,17 +15,17 @@ import { createPushClient, PushRefusedError, type PushClient } from '../../clien
 import {
   EXCLUDED_IDENTITY,
   STORM_CONFIG,
+  addCounts,
+  childConfig,
+  noCounts,
+  tellParent,
   type LoadCommand,
   type LoadConfig,
-  type LoadMessage,
   type LoadVerification,
+  type StreamCounts,
 } from './common.js';
 
-const config = JSON.parse(process.argv[2] ?? '{}') as LoadConfig;
-
-function say(message: LoadMessage): void {
-  process.send?.(message);
-}
+const config = childConfig<LoadConfig>();
 
 /** The source address of client `index`: 127.0.x.y with y in 1..250, x from 1. */
 export function sourceAddress(index: number, clientsPerAddress: number): string {
@@ -45,15 +45,9 @@ function boundWebSocket(localAddress: string): typeof WebSocket {
 }
 
 /** What one client saw, kept small: 20,000 of them live in two processes. */
-interface Tracked {
+interface Tracked extends StreamCounts {
   client: PushClient;
   lastSeq: number;
-  missing: number;
-  duplicates: number;
-  excluded: number;
-  excludedFirst: number;
-  recoveries: number;
-  recoveriesFalse: number;
   /** Since the last mark: opened again, and the last recovery frame's verdict. */
   reopened: boolean;
   recovery: boolean | undefined;
@@ -81,12 +75,7 @@ function start(index: number): void {
   const t: Tracked = {
     client,
     lastSeq: -1,
-    missing: 0,
-    duplicates: 0,
-    excluded: 0,
-    excludedFirst: 0,
-    recoveries: 0,
-    recoveriesFalse: 0,
+    ...noCounts(),
     reopened: false,
     recovery: undefined,
   };
@@ -159,7 +148,7 @@ setInterval(() => {
     if (t.recovery === false) recoveredFalse++;
     if (t.lastSeq < minSeq) minSeq = t.lastSeq;
   }
-  say({
+  tellParent({
     type: 'report',
     report: {
       t: Date.now(),
@@ -177,27 +166,15 @@ setInterval(() => {
 }, config.reportMs);
 
 function verify(lastSeq: number): LoadVerification {
-  const v: LoadVerification = {
-    clients: tracked.length,
-    complete: 0,
-    missing: 0,
-    duplicates: 0,
-    excluded: 0,
-    excludedFirst: 0,
-    recoveries: 0,
-    recoveriesFalse: 0,
-  };
+  const v: LoadVerification = { clients: tracked.length, complete: 0, ...noCounts() };
   for (const [i, t] of tracked.entries()) {
     const complete = t.lastSeq === lastSeq && t.missing === 0;
     if (complete) v.complete++;
     else
       v.example ??= `client ${config.firstIndex + i}: last ${t.lastSeq} of ${lastSeq}, ${t.missing} missing, state ${t.client.state}`;
-    v.missing += t.missing + Math.max(0, lastSeq - t.lastSeq);
-    v.duplicates += t.duplicates;
-    v.excluded += t.excluded;
-    v.excludedFirst += t.excludedFirst;
-    v.recoveries += t.recoveries;
-    v.recoveriesFalse += t.recoveriesFalse;
+    addCounts(v, t);
+    // And those after its last one: a client that stopped short.
+    v.missing += Math.max(0, lastSeq - t.lastSeq);
   }
   return v;
 }
@@ -214,17 +191,17 @@ process.on('message', (command: LoadCommand) => {
       retries = 0;
       break;
     case 'verify':
-      say({ type: 'verification', verification: verify(command.lastSeq) });
+      tellParent({ type: 'verification', verification: verify(command.lastSeq) });
       break;
     case 'close':
       for (const t of tracked) t.client.close();
-      say({ type: 'closed' });
+      tellParent({ type: 'closed' });
       setImmediate(() => process.exit(0));
       break;
   }
 });
 process.on('disconnect', () => process.exit(0));
 process.on('uncaughtException', (error) => {
-  say({ type: 'fatal', message: String(error) });
+  tellParent({ type: 'fatal', message: String(error) });
   process.exit(1);
 });

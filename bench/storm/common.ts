@@ -27,6 +27,8 @@ export interface StormServerConfig {
   rateLimit?: { maxAttempts: number; intervalMs: number };
   /** How often the server samples itself, in ms. */
   sampleMs: number;
+  /** listen(2)'s backlog; default 4096, this machine's net.core.somaxconn (Node's own: 511). */
+  backlog?: number;
   /** node:cluster workers sharing the port; default 1 (no cluster). */
   workers?: number;
   /**
@@ -115,12 +117,12 @@ export interface LoadReport {
   retries: number;
 }
 
-/** A load generator's verification of every client's stream of events. */
-export interface LoadVerification {
-  clients: number;
-  /** Clients that received every sequence up to `lastSeq`. */
-  complete: number;
-  /** Sequences missing, over all clients (after each client's first). */
+/**
+ * What clients saw in their streams of events: counted per client by a load generator, summed
+ * over its clients for the verification, and over the load generators by bench/storm.ts.
+ */
+export interface StreamCounts {
+  /** Sequences missing (after each client's first). */
   missing: number;
   /** Sequences received twice or out of order. */
   duplicates: number;
@@ -131,8 +133,40 @@ export interface LoadVerification {
   /** Recovery frames received, and of them recovered: false, over the whole run. */
   recoveries: number;
   recoveriesFalse: number;
+}
+
+/** Every count at zero. */
+export function noCounts(): StreamCounts {
+  return {
+    missing: 0,
+    duplicates: 0,
+    excluded: 0,
+    excludedFirst: 0,
+    recoveries: 0,
+    recoveriesFalse: 0,
+  };
+}
+
+/** Adds `part`'s counts to `total`'s. */
+export function addCounts(total: StreamCounts, part: StreamCounts): void {
+  for (const key of Object.keys(noCounts()) as Array<keyof StreamCounts>) total[key] += part[key];
+}
+
+/** A load generator's verification of every client's stream of events. */
+export interface LoadVerification extends StreamCounts {
+  clients: number;
+  /** Clients that received every sequence up to `lastSeq`. */
+  complete: number;
   /** An example of a client that is incomplete, for the log. */
   example?: string;
+}
+
+/** Adds one load generator's verification to the total of all. */
+export function addVerification(total: LoadVerification, part: LoadVerification): void {
+  total.clients += part.clients;
+  total.complete += part.complete;
+  addCounts(total, part);
+  total.example ??= part.example;
 }
 
 /** Load generator → parent. */
@@ -141,6 +175,16 @@ export type LoadMessage =
   | { type: 'verification'; verification: LoadVerification }
   | { type: 'closed' }
   | { type: 'fatal'; message: string };
+
+/** A child's configuration: the one JSON argument it was forked with. */
+export function childConfig<T>(): T {
+  return JSON.parse(process.argv[2] ?? '{}') as T;
+}
+
+/** A child's message to its parent over IPC (the benchmark, or a cluster primary). */
+export function tellParent(message: ServerMessage | LoadMessage): void {
+  process.send?.(message);
+}
 
 /** The identity and type of the events the clients ask for. */
 export const STORM_IDENTITY = 'storm';

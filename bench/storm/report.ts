@@ -3,6 +3,7 @@
  * (session count, connection rate and event-loop delay over time), written
  * by bench/storm.ts beside each other.
  */
+import { hasHistory, type LoadVerification, type StormBackend } from './common.js';
 
 /** One scenario: the server or the broker killed and restarted under every session. */
 export interface ScenarioResult {
@@ -58,22 +59,14 @@ export interface StormResults {
     publishRate: number;
     minDelay: number;
     maxDelay: number;
+    /** The server's listen backlog; absent in runs before it was set (Node's default, 511). */
+    backlog?: number;
   };
   /** `cpuAccounting` 2: the CPU of cluster workers and of a killed process is counted as ours. */
   machine: { loadavgAtStart: number[]; cpuAccounting?: number };
   scenarios: ScenarioResult[];
-  verification?: {
-    clients: number;
-    complete: number;
-    missing: number;
-    duplicates: number;
-    excluded: number;
-    excludedFirst: number;
-    recoveries: number;
-    recoveriesFalse: number;
-    lastSeq: number;
-    example?: string;
-  };
+  /** The load generators' verifications summed, after the last event `lastSeq`. */
+  verification?: LoadVerification & { lastSeq: number };
   crashes: string[];
   /** Why the run stopped early, if it did. */
   failure?: string;
@@ -89,6 +82,34 @@ export interface StormResults {
   };
 }
 
+/**
+ * What makes a run fail, one line each; none when it passed. With history every reconnection
+ * resumes with `since`, so an event missing, twice, of an identity its push config excludes, or a
+ * recovered: false is a defect; without history a reconnection starts afresh and only a crash or
+ * an unfinished run counts.
+ */
+export function stormDefects(r: StormResults): string[] {
+  const defects: string[] = [];
+  if (r.failure !== undefined) defects.push(`the run stopped early: ${r.failure}`);
+  if (r.crashes.length > 0) defects.push(`the server crashed: ${r.crashes.join('; ')}`);
+  const v = r.verification;
+  if (v === undefined) {
+    if (r.failure === undefined) defects.push('no verification');
+    return defects;
+  }
+  if (!hasHistory(r.options.backend as StormBackend)) return defects;
+  if (v.missing > 0) defects.push(`${v.missing} events missing`);
+  if (v.duplicates > 0) defects.push(`${v.duplicates} events received twice or out of order`);
+  if (v.excluded > 0) {
+    defects.push(
+      `${v.excluded} events of an excluded identity after a reconnection: resumed sessions received (part of) their replay without their push config applied`,
+    );
+  }
+  if (v.recoveriesFalse > 0)
+    defects.push(`${v.recoveriesFalse} recovery frames said recovered: false`);
+  return defects;
+}
+
 const s = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
 
 /** The Markdown report: one table per scenario, the verification, the run's conditions. */
@@ -99,14 +120,20 @@ export function stormMarkdown(r: StormResults, svgName = 'storm.svg'): string {
     '',
     `\`${r.command}\` — ${r.date}; ${o.workers === 1 ? 'one server process' : `${o.workers} server processes (node:cluster, one port, scheduling ${o.scheduling})`}, ${o.loadgens} load generators, ${o.clientsPerAddress} clients per source address, ` +
       `rate limit ${o.rateLimit ? `${o.rateLimit.maxAttempts} attempts / ${o.rateLimit.intervalMs} ms per address` : 'off'}, ` +
-      `down ${o.downMs} ms, ${o.publishRate} events/s published throughout, client backoff ${o.minDelay}–${o.maxDelay} ms; ` +
+      `down ${o.downMs} ms, ${o.publishRate} events/s published throughout, client backoff ${o.minDelay}–${o.maxDelay} ms, listen backlog ${o.backlog ?? 511}; ` +
       `load average at start ${r.machine.loadavgAtStart.join(' / ')}.`,
     '',
-    '| figure | ' + r.scenarios.map((x) => `${x.scenario} killed`).join(' | ') + ' |',
-    '| --- | ' + r.scenarios.map(() => '---:').join(' | ') + ' |',
   ];
+  // A run that stopped before its first scenario ended has no column: no table, only the failure.
+  if (r.scenarios.length === 0) lines.push('No scenario finished.');
+  else {
+    lines.push(
+      '| figure | ' + r.scenarios.map((x) => `${x.scenario} killed`).join(' | ') + ' |',
+      '| --- | ' + r.scenarios.map(() => '---:').join(' | ') + ' |',
+    );
+  }
   const row = (name: string, f: (x: ScenarioResult) => string): void => {
-    lines.push(`| ${name} | ${r.scenarios.map(f).join(' | ')} |`);
+    if (r.scenarios.length > 0) lines.push(`| ${name} | ${r.scenarios.map(f).join(' | ')} |`);
   };
   row('down (SIGKILL → accepting again)', (x) => s(x.downMs));
   row('every session back and configured (from the kill)', (x) =>
@@ -155,6 +182,8 @@ export function stormMarkdown(r: StormResults, svgName = 'storm.svg'): string {
     r.crashes.length === 0 ? 'The server never crashed.' : `Crashes: ${r.crashes.join('; ')}`,
     '',
   );
+  const defects = stormDefects(r);
+  if (defects.length > 0) lines.push(...defects.map((d) => `FAILED: ${d}.`), '');
   lines.push(`![sessions during the storm](${svgName})`, '');
   return lines.join('\n');
 }

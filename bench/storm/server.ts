@@ -26,18 +26,18 @@ import expressWs from 'express-ws';
 import { pushMiddleware, type Plugin, type PubSubClient } from '../../lib/index.js';
 import { connectionRateLimitPlugin } from '../../plugins/limits/index.js';
 import {
+  childConfig,
   hasHistory,
+  tellParent,
   type ServerMessage,
   type ServerSample,
   type StormServerConfig,
 } from './common.js';
 
-const config = JSON.parse(process.argv[2] ?? '{}') as StormServerConfig;
+/** The listen backlog by default: this machine's net.core.somaxconn (see serve). */
+const LISTEN_BACKLOG = 4096;
 
-/** To the parent (the benchmark, or the cluster primary for a worker). */
-function say(message: ServerMessage): void {
-  process.send?.(message);
-}
+const config = childConfig<StormServerConfig>();
 
 async function createPubSub(): Promise<PubSubClient> {
   const history = hasHistory(config.backend) ? { maxEvents: config.maxEvents } : undefined;
@@ -72,10 +72,20 @@ async function serve(): Promise<void> {
   try {
     await push.ready;
   } catch (error) {
-    say({ type: 'fatal', message: `push.ready: ${String(error)}` });
+    tellParent({ type: 'fatal', message: `push.ready: ${String(error)}` });
     process.exit(1);
   }
-  const server = app.listen(config.port, '127.0.0.1');
+  // Node's default backlog is 511: in a storm the kernel's queue of connections not yet accepted
+  // overflows, SYNs are dropped and the clients wait for TCP's retransmission (1 s, 3 s, 7 s…),
+  // which made most of the long tail of the return. 4096 is this machine's net.core.somaxconn,
+  // the kernel's cap on it. Under node:cluster with scheduling `none` the primary only binds the
+  // socket; each worker calls listen(2) on the shared socket with this backlog (Node's net.js,
+  // listenInCluster → _listen2). With `rr` the primary listens, with the first worker's backlog.
+  const server = app.listen({
+    port: config.port,
+    host: '127.0.0.1',
+    backlog: config.backlog ?? LISTEN_BACKLOG,
+  });
   await once(server, 'listening');
 
   // The longest delay of each sample's interval: a storm shows as spikes, which a mean would hide.
@@ -88,7 +98,7 @@ async function serve(): Promise<void> {
     let refused = 0;
     for (const count of Object.values(stats.sessionsRefused)) refused += count;
     const memory = process.memoryUsage();
-    say({
+    tellParent({
       type: 'sample',
       sample: {
         t: Date.now(),
@@ -108,7 +118,7 @@ async function serve(): Promise<void> {
     loopDelay.reset();
   };
   setInterval(sample, config.sampleMs);
-  say({ type: 'listening', pid: process.pid, port: config.port });
+  tellParent({ type: 'listening', pid: process.pid, port: config.port });
 
   // A parent that goes away (killed, crashed) closes the IPC channel: never outlive it.
   process.on('disconnect', () => process.exit(0));
@@ -128,13 +138,13 @@ function lead(workers: number): void {
   const onMessage = (worker: Worker, message: ServerMessage): void => {
     if (message.type === 'sample') latest.set(worker.id, message.sample);
     else if (message.type === 'listening' && ++listening === workers) {
-      say({ type: 'listening', pid: process.pid, port: config.port });
+      tellParent({ type: 'listening', pid: process.pid, port: config.port });
       setInterval(() => {
         const all = [...latest.values()];
         if (all.length === 0) return;
         const total = (pick: (s: ServerSample) => number): number =>
           all.reduce((a, s) => a + pick(s), 0);
-        say({
+        tellParent({
           type: 'sample',
           sample: {
             t: Date.now(),
@@ -152,7 +162,7 @@ function lead(workers: number): void {
           },
         });
       }, config.sampleMs);
-    } else if (message.type === 'fatal') say(message);
+    } else if (message.type === 'fatal') tellParent(message);
   };
   cluster.on('message', onMessage);
   cluster.on('exit', (worker, code, signal) => {
