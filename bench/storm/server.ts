@@ -34,8 +34,8 @@ import {
   type StormServerConfig,
 } from './common.js';
 
-/** The listen backlog by default: this machine's net.core.somaxconn (see serve). */
-const LISTEN_BACKLOG = 4096;
+/** The listen backlog by default: Node's own (4096 livelocked a storm, see serve). */
+const LISTEN_BACKLOG = 511;
 
 const config = childConfig<StormServerConfig>();
 
@@ -75,10 +75,10 @@ async function serve(): Promise<void> {
     tellParent({ type: 'fatal', message: `push.ready: ${String(error)}` });
     process.exit(1);
   }
-  // Node's default backlog is 511: in a storm the kernel's queue of connections not yet accepted
-  // overflows, SYNs are dropped and the clients wait for TCP's retransmission (1 s, 3 s, 7 s…),
-  // which made most of the long tail of the return. 4096 is this machine's net.core.somaxconn,
-  // the kernel's cap on it. Under node:cluster with scheduling `none` the primary only binds the
+  // Node's default backlog, 511. A deeper one (4096, this machine's net.core.somaxconn) looked
+  // like the cure for dropped SYNs in a storm, and livelocked it instead: connections waited in
+  // the queue past the client's 10 s handshake timeout, so most accepted ones were already
+  // abandoned (bench/results/storm-backlog4096.md). `--backlog` sets another. Under node:cluster with scheduling `none` the primary only binds the
   // socket; each worker calls listen(2) on the shared socket with this backlog (Node's net.js,
   // listenInCluster → _listen2). With `rr` the primary listens, with the first worker's backlog.
   const server = app.listen({
