@@ -18,7 +18,9 @@ import { controlFrame, EventFrames } from './event-frames.js';
 import { describeError } from './logger.js';
 import type { ResolvedOptions } from './options.js';
 import type { WireEvent } from './protocol/event.js';
-import type { TopicHistory } from './pubsub/contract.js';
+import type { DecodedPublication } from './protocol/publication.js';
+import type { HistoryRead, TopicHistory } from './pubsub/contract.js';
+import { splitPosition } from './pubsub/history-common.js';
 import type { ResumeHold, ServerSession } from './session.js';
 import type { PushStats } from './stats.js';
 import type { TopicSubscription } from './subscription.js';
@@ -38,6 +40,44 @@ export interface RecoveryReport {
   position: string;
 }
 
+/**
+ * Most payload bytes the pages shared between replays keep (see Recovery#page); a page larger
+ * than this is read for its replays and not kept.
+ */
+const SHARED_PAGE_BYTES = 16 * 1024 * 1024;
+/** How long a page read stays shareable after it arrived: the length of a reconnect wave. */
+const SHARED_PAGE_MS = 5000;
+
+/** One event of a page: decoded once, its frames encoded once, for every replay that reads it. */
+interface PageItem {
+  readonly position: string;
+  /** Undefined when the publication does not decode (counted and logged once). */
+  readonly publication: DecodedPublication | undefined;
+  readonly frames: EventFrames | undefined;
+}
+
+/** A history read, decoded, shared by the replays that read from the same position. */
+interface ReplayPage {
+  readonly recovered: boolean;
+  readonly head: string;
+  readonly more: boolean;
+  readonly items: readonly PageItem[];
+}
+
+/** A page being read or kept: who may use it. */
+interface SharedPage {
+  /** Recovery's clock when the read started: replays whose hold began before may use it. */
+  readonly started: number;
+  readonly page: Promise<ReplayPage>;
+  /** Known once read: a full page (`more`) is good for any replay, whenever it began. */
+  more: boolean;
+  /** Known once read: the history's newest position when it was read. */
+  head: string | undefined;
+  bytes: number;
+  /** True once its bytes count in the pages kept. */
+  counted: boolean;
+}
+
 /** How long a session that asked for a replay in its URL waits for its first push config. */
 const CONFIG_WAIT_MS = 2000;
 
@@ -47,7 +87,18 @@ class Resume implements ResumeHold {
   overflowed = false;
   /** Set while the replay waits for the session's first push config (a `since` in the URL). */
   waiting: { since: string; timer: NodeJS.Timeout } | undefined;
-  constructor(private readonly limit: number) {}
+  /**
+   * @param limit the most live events held
+   * @param mark Recovery's clock when holding began: live events from then on are held, so a
+   *   page read that started later misses nothing the held events do not have
+   * @param liveAt the newest position this server had received live when holding began: every
+   *   later event is held, so a page read up to it (or past it) misses nothing either
+   */
+  constructor(
+    private readonly limit: number,
+    readonly mark: number,
+    readonly liveAt: string | undefined,
+  ) {}
 
   hold(batch: readonly object[]): void {
     if (this.overflowed) return;
@@ -79,6 +130,11 @@ export class Recovery {
   readonly #stats: PushStats;
   /** Replays running, so that shutdown can wait for them. */
   readonly #running = new Set<Promise<void>>();
+  /** Pages shared between replays, by the position they were read after (oldest first). */
+  readonly #pages = new Map<string, SharedPage>();
+  #pageBytes = 0;
+  /** Orders holds and reads: a page is safe for a replay whose hold began before its read. */
+  #clock = 0;
 
   constructor(init: RecoveryInit) {
     this.#history = init.history;
@@ -114,9 +170,17 @@ export class Recovery {
     }
     // Held live events are bounded by the history's own bound: a session further behind than
     // that could not have been recovered from the history either.
-    const resume = new Resume(Math.max(REPLAY_PAGE, this.#history.options.maxEvents));
+    const resume = this.#newResume();
     session.resume = resume;
     this.#start(session, resume, since);
+  }
+
+  #newResume(): Resume {
+    return new Resume(
+      Math.max(REPLAY_PAGE, this.#history.options.maxEvents),
+      ++this.#clock,
+      this.#subscription.lastPosition,
+    );
   }
 
   /**
@@ -129,7 +193,7 @@ export class Recovery {
    * arrival would already have been written live.
    */
   hold(session: ServerSession, since: string): void {
-    const resume = new Resume(Math.max(REPLAY_PAGE, this.#history.options.maxEvents));
+    const resume = this.#newResume();
     const timer = setTimeout(() => {
       // Timers run before I/O: after a stall of the event loop (a reconnect storm), a config that
       // arrived in time may still be unread in the socket's buffer. Decide after this turn's
@@ -177,7 +241,7 @@ export class Recovery {
     let report: RecoveryReport;
     let last = since;
     try {
-      report = await this.#replayHistory(session, since, (position) => {
+      report = await this.#replayHistory(session, resume, since, (position) => {
         last = position;
       });
     } catch (error) {
@@ -205,29 +269,120 @@ export class Recovery {
   /** Reads the history after `since` to its end, writing what passes; returns the report. */
   async #replayHistory(
     session: ServerSession,
+    resume: Resume,
     since: string,
     advanced: (position: string) => void,
   ): Promise<RecoveryReport> {
     let cursor = since;
     for (;;) {
-      const read = await this.#history.read(this.#topic, cursor, REPLAY_PAGE);
-      if (!read.recovered) return { recovered: false, position: read.head };
-      for (const entry of read.entries) {
+      const page = await this.#page(cursor, resume);
+      if (!page.recovered) return { recovered: false, position: page.head };
+      for (const item of page.items) {
         if (!session.open) return { recovered: false, position: cursor };
-        const publication = this.#subscription.decode(entry.payload, entry.position);
-        cursor = entry.position;
+        cursor = item.position;
         advanced(cursor);
+        const publication = item.publication;
         if (publication === undefined) continue;
         const ctx = await this.#subscription.dispatchReplay(publication, session);
         if (ctx === undefined) continue;
         if (
-          await this.#deliver(session, publication.event, ctx.relatedIdentities, ctx.predicates)
+          await this.#deliver(
+            session,
+            publication.event,
+            ctx.relatedIdentities,
+            ctx.predicates,
+            item.frames,
+          )
         ) {
           this.#stats.eventsReplayed++;
         }
       }
-      if (!read.more) return { recovered: true, position: cursor };
+      if (!page.more) return { recovered: true, position: cursor };
     }
+  }
+
+  /**
+   * The page of history after `cursor` for a replay held by `resume`. In a reconnect storm thousands of sessions resume from the same
+   * few positions (the last events before the server went away): one read
+   * and one decode serve them all, instead of a broker round trip each,
+   * which made the replays the long tail of a storm. Sharing is safe for a
+   * replay whose live events were held before the read started or whose
+   * read reached the newest event the server had live when the hold began
+   * (whatever the page lacks is held for it), and for any full page (the
+   * replay reads on from its end); otherwise a new read is made, for it and
+   * the sessions held before it.
+   */
+  #page(cursor: string, resume: Resume): Promise<ReplayPage> {
+    const shared = this.#pages.get(cursor);
+    if (
+      shared !== undefined &&
+      (shared.started > resume.mark ||
+        shared.more ||
+        (shared.head !== undefined && this.#reaches(shared.head, resume.liveAt)))
+    ) {
+      return shared.page;
+    }
+    const entry: SharedPage = {
+      started: ++this.#clock,
+      more: false,
+      head: undefined,
+      bytes: 0,
+      counted: false,
+      page: this.#history
+        .read(this.#topic, cursor, REPLAY_PAGE)
+        .then((read) => this.#decodePage(read, entry)),
+    };
+    this.#forgetPage(cursor);
+    this.#pages.set(cursor, entry);
+    entry.page.then(
+      () => {
+        if (this.#pages.get(cursor) !== entry) return;
+        entry.counted = true;
+        this.#pageBytes += entry.bytes;
+        while (this.#pageBytes > SHARED_PAGE_BYTES && this.#pages.size > 0) {
+          this.#forgetPage(this.#pages.keys().next().value as string);
+        }
+        setTimeout(() => {
+          if (this.#pages.get(cursor) === entry) this.#forgetPage(cursor);
+        }, SHARED_PAGE_MS).unref();
+      },
+      () => {
+        // A failed read is not shared with replays that come later: they read again.
+        if (this.#pages.get(cursor) === entry) this.#pages.delete(cursor);
+      },
+    );
+    return entry.page;
+  }
+
+  /** True when `head` is at or after `liveAt`, both positions of one epoch. */
+  #reaches(head: string, liveAt: string | undefined): boolean {
+    if (liveAt === undefined) return false;
+    const a = splitPosition(head);
+    const b = splitPosition(liveAt);
+    if (a === undefined || b === undefined || a.epoch !== b.epoch) return false;
+    return this.#history.compare(head, liveAt) >= 0;
+  }
+
+  #decodePage(read: HistoryRead, entry: SharedPage): ReplayPage {
+    entry.more = read.more;
+    entry.head = read.head;
+    const items = read.entries.map((stored): PageItem => {
+      entry.bytes += stored.payload.byteLength;
+      const publication = this.#subscription.decode(stored.payload, stored.position);
+      return {
+        position: stored.position,
+        publication,
+        frames: publication === undefined ? undefined : new EventFrames(publication.event),
+      };
+    });
+    return { recovered: read.recovered, head: read.head, more: read.more, items };
+  }
+
+  #forgetPage(cursor: string): void {
+    const entry = this.#pages.get(cursor);
+    if (entry === undefined) return;
+    this.#pages.delete(cursor);
+    if (entry.counted) this.#pageBytes -= entry.bytes;
   }
 
   /**

@@ -542,6 +542,66 @@ describe('the push config in the handshake URL', () => {
   });
 });
 
+describe('replays share their history reads', () => {
+  it('100 sessions resuming from one position read it once; under live publishing none misses or repeats', async () => {
+    const pubsub = new LocalPubSub({ history: { maxEvents: 5_000 } });
+    const history = pubsub.history as NonNullable<typeof pubsub.history>;
+    let reads = 0;
+    const read = history.read.bind(history);
+    history.read = (...args) => {
+      reads++;
+      return read(...args);
+    };
+    const server = await startPushApp({ pubsub });
+    const clients: RecoveryClient[] = [];
+    try {
+      const probe = await connect(server);
+      clients.push(probe);
+      await publishSteadily(server, 0, 30);
+      await probe.until('the 30 events', () => probe.events.length === 30);
+      const since = probe.events[9]?.position as string;
+      const config = JSON.stringify({ identities: { task: [] } });
+      // A quiet topic: every session's hold began with the last event live, which the first
+      // read reached, so that one read serves all of them.
+      const quiet = Array.from(
+        { length: 100 },
+        (_, i) => new RecoveryClient(server.wsUrl, i % 2 === 1, { since, config }),
+      );
+      clients.push(...quiet);
+      await Promise.all(quiet.map((c) => c.opened));
+      for (const c of quiet) {
+        await c.until('the recovery frame', () => c.recoveries.length === 1);
+        assert.equal(c.recoveries[0]?.recovered, true);
+        assert.deepEqual(
+          c.events.map((f) => f.n),
+          Array.from({ length: 20 }, (_, i) => 10 + i),
+        );
+      }
+      assert.ok(reads <= 3, `100 replays from one position made ${reads} history reads`);
+      // Resuming while events are published: pages shared or not, each session gets every
+      // event after its position exactly once, in order.
+      const publishing = publishSteadily(server, 30, 300);
+      const busy = Array.from(
+        { length: 50 },
+        (_, i) => new RecoveryClient(server.wsUrl, i % 2 === 0, { since, config }),
+      );
+      clients.push(...busy);
+      await publishing;
+      for (const c of busy) {
+        await c.until('every event', () => c.events.at(-1)?.n === 329);
+        assert.deepEqual(
+          c.events.map((f) => f.n),
+          Array.from({ length: 320 }, (_, i) => 10 + i),
+        );
+        assert.equal(c.recoveries[0]?.recovered, true);
+      }
+    } finally {
+      for (const c of clients) c.ws.terminate();
+      await server.close();
+    }
+  });
+});
+
 describe('positions in frames', () => {
   it('without history, events carry no position and no recovery frame answers since', async () => {
     const server = await startPushApp({ pubsub: new LocalPubSub() });
