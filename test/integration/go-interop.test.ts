@@ -165,8 +165,10 @@ describe('Go interop: bahamut, elemental and manipulate against pushwire', () =>
       for (const w of waiters.splice(0)) w();
     });
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    // 'close', not 'exit': 'exit' may come before the last of stdout was read (under load it
+    // did, and a publication line the program printed just before exiting was lost).
     const exit = new Promise<number | null>((resolve) => {
-      child.on('exit', (code) => {
+      child.on('close', (code) => {
         children.delete(child);
         for (const w of waiters.splice(0)) w();
         resolve(code);

@@ -32,7 +32,13 @@ import { LocalPubSub } from '../../lib/pubsub/local.js';
 import { NatsPubSub } from '../../lib/pubsub/nats.js';
 import { RedisPubSub } from '../../lib/pubsub/redis.js';
 import { tenantIsolationPlugin } from '../../plugins/tenant/index.js';
-import { createPushClient, type RecoveryInfo } from '../../client/node.js';
+import {
+  createPushClient,
+  type PushClient,
+  type PushClientOptions,
+  type PushConfig,
+  type RecoveryInfo,
+} from '../../client/node.js';
 import { startNats, startRedis, type Broker } from '../helpers/brokers.js';
 import { startPushApp, type PushApp, type PushAppOptions } from '../helpers/push-app.js';
 import { waitFor } from '../helpers/wait.js';
@@ -618,21 +624,36 @@ describe('positions in frames', () => {
   });
 });
 
+/** A pushwire/client with `config`, recording the `n` of its events and its recoveries. */
+function configuredClient(
+  server: PushApp,
+  options: PushClientOptions,
+  config: PushConfig,
+): { client: PushClient; received: number[]; recoveries: RecoveryInfo[] } {
+  const received: number[] = [];
+  const recoveries: RecoveryInfo[] = [];
+  const client = createPushClient(server.wsUrl, { minDelay: 10, ...options });
+  client.setConfig(config);
+  client.on('event', (e) => received.push((e.entity as { n: number }).n));
+  client.on('recovery', (info) => recoveries.push(info));
+  return { client, received, recoveries };
+}
+
+/** Resolves once a session of `server` applied a push config. */
+async function configured(server: PushApp): Promise<void> {
+  await waitFor(() => server.push.sessions().some((s) => s.pushConfig !== undefined), {
+    timeout: DEADLINE_MS,
+    message: 'the client configured',
+  });
+}
+
 describe('pushwire/client resumes by itself', () => {
   it('a dropped connection reconnects with since: every event once, then a recovery event', async () => {
     const pubsub = new LocalPubSub({ history: { maxEvents: 5_000 } });
     const server = await startPushApp({ pubsub });
-    const received: number[] = [];
-    const recoveries: RecoveryInfo[] = [];
-    const client = createPushClient(server.wsUrl, { minDelay: 10 });
-    client.setConfig({});
-    client.on('event', (e) => received.push((e.entity as { n: number }).n));
-    client.on('recovery', (info) => recoveries.push(info));
+    const { client, received, recoveries } = configuredClient(server, {}, {});
     try {
-      await waitFor(() => server.push.sessions().some((s) => s.pushConfig !== undefined), {
-        timeout: DEADLINE_MS,
-        message: 'the client configured',
-      });
+      await configured(server);
       const publishing = publishSteadily(server, 0, EVENTS);
       await waitFor(() => received.length >= 250, { timeout: DEADLINE_MS, message: '250 events' });
       // A network drop under the server: the socket destroyed, no close frame.
@@ -674,21 +695,13 @@ describe('pushwire/client resumes by itself', () => {
         if (!MutedWebSocket.mute) super.send(data);
       }
     }
-    const received: number[] = [];
-    const recoveries: RecoveryInfo[] = [];
-    const client = createPushClient(server.wsUrl, {
-      minDelay: 10,
-      encoding: 'msgpack',
-      WebSocket: MutedWebSocket as never,
-    });
-    client.setConfig({ identities: { task: [] }, filters: { task: 'n >= 20' } });
-    client.on('event', (e) => received.push((e.entity as { n: number }).n));
-    client.on('recovery', (info) => recoveries.push(info));
+    const { client, received, recoveries } = configuredClient(
+      server,
+      { encoding: 'msgpack', WebSocket: MutedWebSocket as never },
+      { identities: { task: [] }, filters: { task: 'n >= 20' } },
+    );
     try {
-      await waitFor(() => server.push.sessions().some((s) => s.pushConfig !== undefined), {
-        timeout: DEADLINE_MS,
-        message: 'the client configured',
-      });
+      await configured(server);
       await publishSteadily(server, 20, 5);
       await waitFor(() => received.length === 5, { timeout: DEADLINE_MS, message: '5 events' });
       MutedWebSocket.mute = true;
